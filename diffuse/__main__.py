@@ -1,0 +1,3 @@
+from diffuse.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""`diffuse <subcommand> [hydra overrides]`: pops the subcommand and hands the rest to hydra.main."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+SUBCOMMANDS = {"train": "train a model (conf/train.yaml)", "sample": "draw images from a checkpoint (conf/sample.yaml)"}
+USAGE = ("usage: diffuse {train,sample} [KEY=VALUE ...] [-m] [--help] [--cfg job]\n\n"
+         + "\n".join(f"  {k:<8} {v}" for k, v in SUBCOMMANDS.items())
+         + "\n\nExamples:\n  diffuse train dataset=mnist\n  diffuse sample ckpt=outputs/train/<date>/<time> steps=50\n"
+         "  diffuse train -m schedule=linear,cosine train.steps=20\n\n"
+         "`diffuse SUBCOMMAND --help` lists the config groups and their options.")
+
+
+def fail(subcommand: str, message: str) -> None:
+    print(f"diffuse {subcommand}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def task(subcommand: str, full_error: bool):
+    """The function hydra.main calls with the composed config."""
+
+    def run_task(cfg) -> None:
+        from diffuse import DiffuseError
+
+        try:
+            run_subcommand(subcommand, cfg)
+        except DiffuseError as e:  # exit here: Hydra would log a second line for an exception
+            if full_error:
+                raise
+            fail(subcommand, str(e))
+
+    return run_task
+
+
+def run_subcommand(subcommand: str, cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from diffuse import run
+
+    out_dir = HydraConfig.get().runtime.output_dir
+    if subcommand == "train":
+        from diffuse.train import TrainOptions, train
+
+        opts = run.options(TrainOptions, cfg.train, "train.")
+        train(run.build_train(cfg, out_dir), opts)
+    elif subcommand == "sample":
+        from diffuse.sample import SampleOptions, sample
+
+        keys = ("n", "batch_size", "steps", "seed", "precision", "png")
+        opts = run.options(SampleOptions, {k: cfg[k] for k in keys}, "")
+        sample(run.build_sample(cfg, out_dir), opts)
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages, condensed to the lines that say what is wrong."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        return f"unknown {group} {name!r}; available: {', '.join(error.options)}"
+    lines = []
+    for line in str(error).splitlines():
+        line = line.strip()
+        if line.startswith(("Config search path", "provider=", "Set the environment variable")):
+            break
+        if line and not line.startswith(("full_key:", "object_type=", "reference_type=")):
+            lines.append(line.rstrip("."))
+    return "; ".join(lines) or type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    sub = argv[0]
+    if sub not in SUBCOMMANDS:
+        print(f"diffuse: error: unknown subcommand {sub!r}; allowed: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+
+    import hydra
+    from omegaconf.errors import OmegaConfBaseException
+
+    from diffuse import DiffuseError
+
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, to print them as one line
+    sys.argv = [f"diffuse {sub}", *argv[1:]]
+    entry = hydra.main(version_base="1.3", config_path="pkg://diffuse.conf", config_name=sub)(task(sub, full_error))
+    try:
+        entry()
+    except DiffuseError as e:
+        if full_error:
+            raise
+        fail(sub, str(e))
+    except Exception as e:
+        from hydra.errors import HydraException
+
+        if full_error or not isinstance(e, (HydraException, OmegaConfBaseException)):
+            raise
+        fail(sub, one_line(e))
+    except KeyboardInterrupt:
+        print(f"diffuse {sub}: interrupted", file=sys.stderr)
+        sys.exit(130)

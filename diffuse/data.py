@@ -1,0 +1,77 @@
+"""In-memory image data sets and the batch iterator that feeds training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffuse import DiffuseError
+
+
+@dataclass(eq=False)
+class ImageData:
+    """A whole data set as one uint8 tensor: no per-item decoding in the training loop."""
+
+    images: Tensor  # (N,C,H,W) uint8
+    labels: Tensor  # (N,) int64
+    num_classes: int
+    name: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # (C,H,W)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def reshape_images(images: Tensor, channels: int, image_size: int) -> Tensor:
+    """Bring (N,C,H,W) uint8 images to `channels` (1 or 3) and a square `image_size` (antialiased resize)."""
+    c = images.shape[1]
+    if channels not in (1, 3):
+        raise DiffuseError(f"dataset.channels must be 1 or 3, got {channels}")
+    if image_size < 8:
+        raise DiffuseError(f"dataset.image_size must be >= 8, got {image_size}")
+    if c != channels:
+        if c == 1:
+            images = images.expand(-1, 3, -1, -1)
+        else:  # ITU-R BT.601 luma, as PIL's convert("L")
+            w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            images = (images.float() * w).sum(1, keepdim=True).round().to(torch.uint8)
+    if images.shape[-1] != image_size or images.shape[-2] != image_size:
+        out = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", antialias=True)
+        images = out.round().clamp(0, 255).to(torch.uint8)
+    return images.contiguous()
+
+
+class BatchIterator:
+    """Endless shuffled batches in [-1, 1] on `device`; epoch e's order is a pure function of (seed, e)."""
+
+    def __init__(self, data: ImageData, batch_size: int, device: torch.device, seed: int):
+        if not 1 <= batch_size <= len(data):
+            raise DiffuseError(f"batch_size must be in 1..{len(data)} (the data set's size), got {batch_size}")
+        pin = device.type == "cuda"
+        self.images = data.images.pin_memory().to(device, non_blocking=True) if pin else data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.epoch, self.position = 0, 0  # where the next batch starts: enough to resume the data order
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.images), generator=g).to(self.device)
+
+    def __iter__(self) -> "BatchIterator":
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        if self.position + self.batch_size > len(self.images):  # drop the ragged tail of each epoch
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        idx = self._order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        x = self.images[idx].float().div_(127.5).sub_(1.0)  # (B,C,H,W) in [-1, 1]
+        return x, self.labels[idx]

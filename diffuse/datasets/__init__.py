@@ -1,0 +1,1 @@
+"""Data sets: one file each, each a function returning an `ImageData`."""

@@ -1,0 +1,35 @@
+"""Tensors <-> uint8 images, and grids."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """(B,C,H,W) floats in [-1, 1] -> (B,H,W,C) uint8, rounding to nearest (values outside are clipped)."""
+    x = ((x.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile (B,H,W,C) uint8 images into one (H', W', C) image, `nrow` per row (default: square)."""
+    B, H, W, C = images.shape
+    nrow = nrow or math.ceil(math.sqrt(B))
+    rows = math.ceil(B / nrow)
+    out = np.zeros((rows * (H + pad) + pad, nrow * (W + pad) + pad, C), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, nrow)
+        out[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = img
+    return out
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """Write one (H,W,C) uint8 image, C in {1, 3}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)

@@ -1,0 +1,1 @@
+"""Networks: `model(x_t (B,C,H,W), t (B,)) -> (B,C,H,W)`."""

@@ -1,0 +1,85 @@
+"""The DDPM UNet (Ho et al. 2020, Appendix B) with Improved-DDPM scale-shift blocks; sizes come from YAML."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from diffuse.models.layers import Attention, Downsample, ResBlock, Upsample, group_norm, timestep_embedding
+
+
+class UNet(nn.Module):
+    """model(x_t (B,C,H,W), t (B,)) -> (B,C,H,W)."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,  # image channels (the data set's)
+        channels: int = 64,  # width of the first level
+        channel_mult: tuple[int, ...] = (1, 2, 2),  # width multiplier per resolution level
+        num_res_blocks: int = 2,  # residual blocks per level on the way down
+        attention_levels: tuple[int, ...] = (2,),  # levels (0 = full resolution) with self-attention
+        head_dim: int = 32,  # channels per attention head
+        groups: int = 8,  # GroupNorm groups
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        levels = len(channel_mult)
+        if any(not 0 <= a < levels for a in attention_levels):
+            raise ValueError(f"attention_levels {list(attention_levels)} must lie in 0..{levels - 1}")
+        emb_dim = 4 * channels
+        self.channels = channels
+        self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skips, c = [channels], channels
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                block = nn.ModuleList([ResBlock(c, channels * mult, emb_dim, groups, dropout)])
+                c = channels * mult
+                if level in attention_levels:
+                    block.append(Attention(c, groups, head_dim))
+                self.down.append(block)
+                skips.append(c)
+            if level < levels - 1:
+                self.down.append(nn.ModuleList([Downsample(c)]))
+                skips.append(c)
+
+        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, groups, dropout), Attention(c, groups, head_dim),
+                                  ResBlock(c, c, emb_dim, groups, dropout)])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for _ in range(num_res_blocks + 1):
+                block = nn.ModuleList([ResBlock(c + skips.pop(), channels * mult, emb_dim, groups, dropout)])
+                c = channels * mult
+                if level in attention_levels:
+                    block.append(Attention(c, groups, head_dim))
+                self.up.append(block)
+            if level > 0:
+                self.up.append(nn.ModuleList([Upsample(c)]))
+
+        self.head = nn.Sequential(group_norm(c, groups), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:  # x: (B,C,H,W), t: (B,) float timesteps
+        emb = self.time_mlp(timestep_embedding(t, self.channels))  # (B, emb_dim)
+        h = self.stem(x)
+        hs = [h]
+        for block in self.down:
+            h = _apply(block, h, emb)
+            hs.append(h)
+        h = _apply(self.mid, h, emb)
+        for block in self.up:
+            if isinstance(block[0], Upsample):
+                h = block[0](h, hs[-1].shape[-2:])
+            else:
+                h = _apply(block, torch.cat([h, hs.pop()], dim=1), emb)
+        return self.head(h)  # (B,C,H,W)
+
+
+def _apply(block: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+    for layer in block:
+        h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+    return h

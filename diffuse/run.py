@@ -1,0 +1,153 @@
+"""The one place a Hydra config becomes objects: `build(node)` and `build_train` / `build_sample`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from diffuse import DiffuseError
+from diffuse.checkpoint import load_checkpoint, load_weights, metadata_config, resolve_checkpoint
+from diffuse.data import ImageData
+from diffuse.parameterization import check as check_parameterization
+from diffuse.schedule import Schedule
+
+ALLOWED_MODULES = ("diffuse.", "torch.optim.")  # where a `_target_` may point: configs come back out of files
+
+
+@dataclass(eq=False)
+class Run:
+    """A composed experiment as plain objects, plus the resolved config (a plain dict) for records."""
+
+    model: nn.Module
+    schedule: Schedule
+    parameterization: str
+    sampler: Callable  # a sampler with its settings bound (functools.partial)
+    shape: tuple[int, int, int]  # (C,H,W) of the images
+    device: torch.device
+    out_dir: Path
+    seed: int
+    config: dict
+    dataset: ImageData | None = None  # training only
+    optimizer: Callable | None = None  # training only: params, lr -> torch.optim.Optimizer
+    checkpoint: Path | None = None  # sampling only
+    step: int = 0  # the checkpoint's training step
+
+
+def locate(target: str) -> Callable:
+    """Import `target` ("pkg.module.name") and check it is defined in an allowed module."""
+    if not isinstance(target, str) or not target.startswith(ALLOWED_MODULES):
+        raise DiffuseError(f"_target_ {target!r} is not allowed: targets must lie under {', '.join(ALLOWED_MODULES)}")
+    module_name, _, attr = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        raise DiffuseError(f"_target_ {target!r} does not exist") from None
+    # the object itself must be defined there: `diffuse.some_module.os.system` is refused
+    if not (callable(obj) and getattr(obj, "__module__", "").startswith(tuple(m.rstrip(".") for m in ALLOWED_MODULES))):
+        raise DiffuseError(f"_target_ {target!r} is not allowed: it resolves outside {', '.join(ALLOWED_MODULES)}")
+    return obj
+
+
+def build(node: dict | DictConfig, **extra: Any) -> Any:
+    """Instantiate one config node: `_target_` through the allow-list, `_partial_` gives a functools.partial."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise DiffuseError(f"config node {node!r} has no _target_")
+    kwargs = {k: v for k, v in node.items() if k not in ("_target_", "_partial_")}
+    if any(isinstance(v, dict) and "_target_" in v for v in kwargs.values()):
+        raise DiffuseError(f"nested _target_ nodes are not supported in {node['_target_']}")
+    fn = locate(node["_target_"])
+    kwargs.update(extra)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    if node.get("_partial_", False):
+        return functools.partial(fn, **kwargs)
+    try:
+        return fn(**kwargs)
+    except TypeError as e:
+        raise DiffuseError(f"{node['_target_']}: {e}") from None
+
+
+def options(cls: type, node: dict | DictConfig, prefix: str) -> Any:
+    """Build an options dataclass from a config node, checking each value's type against its field."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            raise DiffuseError(f"unknown option {prefix}{key}; allowed: {', '.join(fields)}")
+        kind = {"int": int, "float": float, "bool": bool, "str": str}.get(str(fields[key].type))
+        ok = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))) or (
+            kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if kind is not None and not ok:
+            raise DiffuseError(f"{prefix}{key} must be {fields[key].type}, got {value!r}")
+        if kind is float:
+            values[key] = float(value)
+    return cls(**values)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else the CPU; an explicit device that is absent is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DiffuseError(f"device={name!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiffuseError(f"device={name} was asked for, but CUDA is not available here; use device=auto or device=cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise DiffuseError(f"device={name!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
+    return device
+
+
+def check_sampler(sampler: Callable, schedule: Schedule, steps: int, shape: tuple[int, int, int]) -> None:
+    """Run the sampler once on a constant denoiser so that bad settings fail now, not after training."""
+    x = torch.zeros(1, *shape)
+    sampler(lambda x_t, t: (torch.zeros_like(x_t), torch.zeros_like(x_t)), schedule, x, steps=steps,
+            generator=torch.Generator().manual_seed(0))
+
+
+def build_train(cfg: DictConfig, out_dir: str) -> Run:
+    config = OmegaConf.to_container(cfg, resolve=True)
+    dataset = build(cfg.dataset)
+    if not isinstance(dataset, ImageData):
+        raise DiffuseError(f"dataset {cfg.dataset._target_} did not return an ImageData")
+    schedule = build(cfg.schedule)
+    sampler = build(cfg.sampler)
+    check_sampler(sampler, schedule, cfg.train.sample_steps, dataset.shape)
+    optimizer = build(cfg.optimizer)
+    config["dataset_shape"] = list(dataset.shape)
+    return Run(model=build(cfg.model), schedule=schedule, parameterization=check_parameterization(cfg.parameterization),
+               sampler=sampler, shape=dataset.shape, device=resolve_device(cfg.device), out_dir=Path(out_dir),
+               seed=int(cfg.seed), config=config, dataset=dataset, optimizer=optimizer)
+
+
+def build_sample(cfg: DictConfig, out_dir: str) -> Run:
+    if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt is None:
+        raise DiffuseError("ckpt is required: ckpt=PATH to a .safetensors checkpoint or a training run directory")
+    path = resolve_checkpoint(cfg.ckpt)
+    tensors, metadata = load_checkpoint(path)
+    trained = metadata_config(metadata)
+    try:
+        model_node, schedule_node, shape = trained["model"], trained["schedule"], tuple(trained["dataset_shape"])
+    except (KeyError, TypeError):
+        raise DiffuseError(f"ckpt={cfg.ckpt}: its config lacks model, schedule or dataset_shape") from None
+    if cfg.weights not in ("ema", "raw"):
+        raise DiffuseError(f"weights must be ema or raw, got {cfg.weights!r}")
+    model, schedule = build(model_node), build(schedule_node)
+    load_weights(model, tensors, "ema." if cfg.weights == "ema" else "model.", str(cfg.ckpt))
+    sampler = build(cfg.sampler)
+    check_sampler(sampler, schedule, cfg.steps, shape)
+    device = resolve_device(cfg.device)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return Run(model=model.to(device), schedule=schedule, parameterization=check_parameterization(metadata["parameterization"]),
+               sampler=sampler, shape=shape, device=device, out_dir=Path(out_dir), seed=int(cfg.seed), config=config,
+               checkpoint=path, step=int(metadata["step"]))

@@ -1,0 +1,1 @@
+"""Noise schedule families: one file each, each a function returning a `Schedule`."""

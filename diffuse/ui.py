@@ -1,0 +1,48 @@
+"""The terminal: rich progress bars when attached to a terminal, tables. The only module that imports rich."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def interactive(rank: int = 0) -> bool:
+    return rank == 0 and sys.stderr.isatty()
+
+
+class Bar:
+    """A progress bar, or nothing when not interactive; `update(done, **fields)` shows fields as text."""
+
+    def __init__(self, progress: Progress | None, task: int | None):
+        self._progress, self._task = progress, task
+
+    def update(self, done: int, **fields: str) -> None:
+        if self._progress is not None:
+            info = "  ".join(f"{k} {v}" for k, v in fields.items())
+            self._progress.update(self._task, completed=done, **({"info": info} if fields else {}))
+
+
+@contextmanager
+def progress_bar(description: str, total: int, enabled: bool) -> Iterator[Bar]:
+    if not enabled:
+        yield Bar(None, None)
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as p:
+        yield Bar(p, p.add_task(description, total=total, info=""))
+
+
+def print_table(title: str, rows: dict[str, object]) -> None:
+    table = Table(title=title, show_header=False)
+    for k, v in rows.items():
+        table.add_row(k, str(v))
+    console.print(table)

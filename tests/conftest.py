@@ -1,0 +1,34 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Tests never download: they read the real MNIST from ../shared/data unless DIFFUSE_DATA_ROOT says otherwise.
+DATA_ROOT = Path(os.environ.get("DIFFUSE_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
+os.environ["DIFFUSE_DATA_ROOT"] = str(DATA_ROOT)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA_ROOT / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.fail(f"MNIST is expected in {DATA_ROOT}/MNIST/raw; set DIFFUSE_DATA_ROOT to the folder holding MNIST/raw")
+    return DATA_ROOT
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m diffuse ARGS` the way a user runs `diffuse ARGS`."""
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env.update({"DIFFUSE_DATA_ROOT": str(DATA_ROOT), **(env or {})})
+    proc = subprocess.run([sys.executable, "-m", "diffuse", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"diffuse {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# A training run small enough for tests: a tiny UNet, a few steps, a small grid.
+TINY_TRAIN = ("model=unet_tiny", "train.steps=6", "train.batch_size=8", "train.log_every=2", "train.sample_every=3",
+              "train.sample_n=4", "train.sample_steps=3", "train.ckpt_every=3", "train.warmup=2")

@@ -1,0 +1,133 @@
+"""End to end through the real CLI: train a tiny model, sample from it, and refuse bad input cleanly."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+from safetensors import safe_open
+
+from conftest import TINY_TRAIN, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root) -> Path:
+    cwd = tmp_path_factory.mktemp("train")
+    run_cli("train", *TINY_TRAIN, "hydra.run.dir=run", cwd=cwd)
+    return cwd / "run"
+
+
+def test_train_writes_a_complete_run_directory(trained):
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "metrics.csv",
+                 "checkpoints/last.safetensors", "checkpoints/step_0000003.safetensors",
+                 "checkpoints/step_0000006.safetensors", "samples/step_0000003.png", "samples/step_0000006.png"):
+        assert (trained / name).is_file(), name
+    rows = list(csv.DictReader(open(trained / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    assert set(rows[0]) == {"step", "loss", "lr", "images_per_s", "elapsed_s"}
+    assert all(float(r["loss"]) > 0 and float(r["images_per_s"]) > 0 for r in rows)
+    assert "step 6/6" in (trained / "train.log").read_text()
+
+
+def test_checkpoint_is_plain_safetensors_with_its_config(trained):
+    path = trained / "checkpoints" / "last.safetensors"
+    tensors = load_file(path)
+    assert any(k.startswith("ema.") for k in tensors) and any(k.startswith("model.") for k in tensors)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "diffuse.checkpoint/1" and meta["step"] == "6" and meta["parameterization"] == "eps"
+    config = json.loads(meta["config"])
+    assert config["model"]["_target_"] == "diffuse.models.unet.UNet" and config["model"]["channels"] == 16
+    assert config["schedule"]["_target_"].startswith("diffuse.schedules.")
+    assert config["dataset_shape"] == [1, 28, 28]
+
+
+def test_sample_is_reproducible_and_batch_size_invariant(trained, tmp_path):
+    run_cli("sample", f"ckpt={trained}", "steps=4", "n=6", "batch_size=4", "hydra.run.dir=a", cwd=tmp_path)
+    run_cli("sample", f"ckpt={trained / 'checkpoints' / 'last.safetensors'}", "steps=4", "n=6", "batch_size=6",
+            "hydra.run.dir=b", cwd=tmp_path)
+    run_cli("sample", f"ckpt={trained}", "steps=4", "n=6", "seed=1", "png=true", "hydra.run.dir=c", cwd=tmp_path)
+    a, b, c = (np.load(tmp_path / d / "samples.npz")["images"] for d in "abc")
+    assert a.shape == (6, 28, 28, 1) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert (tmp_path / "a" / "grid.png").is_file() and len(list((tmp_path / "c" / "images").glob("*.png"))) == 6
+    record = json.loads((tmp_path / "a" / "sampling.json").read_text())
+    assert record["sampler"] == "ddim" and record["nfe_per_image"] == 4 and record["checkpoint_step"] == 6
+    assert record["timesteps"] == [999, 749, 499, 249, -1]
+
+
+def test_ddpm_sampler_from_the_cli(trained, tmp_path):
+    run_cli("sample", f"ckpt={trained}", "sampler=ddpm", "steps=5", "n=2", "hydra.run.dir=d", cwd=tmp_path)
+    record = json.loads((tmp_path / "d" / "sampling.json").read_text())
+    assert record["sampler"] == "ddpm" and record["settings"]["variance"] == "posterior"
+
+
+def test_multirun_gives_one_directory_per_point(trained, tmp_path, data_root):
+    run_cli("train", "-m", "schedule=linear,cosine", *TINY_TRAIN, "train.steps=2", "hydra.sweep.dir=tm", cwd=tmp_path)
+    run_cli("sample", "-m", f"ckpt={trained}", "steps=2,3", "n=2", "hydra.sweep.dir=sm", cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "tm").iterdir() if p.is_dir()) == ["0", "1"]
+    assert all((tmp_path / "tm" / j / "checkpoints" / "last.safetensors").is_file() for j in "01")
+    steps = sorted(json.loads((tmp_path / "sm" / j / "sampling.json").read_text())["steps"] for j in "01")
+    assert steps == [2, 3]
+
+
+def test_default_run_directories_do_not_collide(trained, tmp_path):
+    for _ in range(2):
+        run_cli("sample", f"ckpt={trained}", "steps=1", "n=1", cwd=tmp_path)
+    assert len(list((tmp_path / "outputs" / "sample").glob("*/*/samples.npz"))) == 2
+
+
+def test_help_lists_groups_and_options(tmp_path):
+    out = run_cli("train", "--help", cwd=tmp_path).stdout
+    assert "model: unet_cifar, unet_mnist, unet_tiny" in out
+    assert "sampler: ddim, ddpm" in out and "schedule: cosine, linear" in out
+
+
+def _bad(tmp_path, *args, env=None):
+    proc = run_cli(*args, cwd=tmp_path, env=env, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("train", "model=nope"), "unknown model 'nope'; available: unet_cifar, unet_mnist, unet_tiny"),
+    (("train", "sampler=plms"), "unknown sampler 'plms'; available: ddim, ddpm"),
+    (("train", "train.nope=1"), "train.nope"),
+    (("train", "train.steps=abc"), "train.steps must be int, got 'abc'"),
+    (("train", "train.precision=fp16"), "train.precision must be fp32 or bf16"),
+    (("train", "train.lr=-1"), "train.lr must be > 0"),
+    (("train", "device=cuda:7"), "CUDA is not available"),
+    (("train", "parameterization=score"), "unknown parameterization 'score'"),
+    (("train", "sampler.eta=-1"), "eta must be >= 0"),
+    (("sample",), "ckpt is required"),
+    (("sample", "ckpt=/no/such/file.safetensors"), "no such file or directory"),
+    (("frobnicate",), "unknown subcommand 'frobnicate'"),
+])
+def test_bad_input_gives_one_clear_line(tmp_path, data_root, args, expected):
+    assert expected in _bad(tmp_path, *args)
+
+
+def test_bad_checkpoints_and_step_counts(trained, tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00not a checkpoint at all" * 10)
+    assert "not a readable safetensors file" in _bad(tmp_path, "sample", f"ckpt={junk}")
+    assert "without checkpoints/last.safetensors" in _bad(tmp_path, "sample", f"ckpt={tmp_path}")
+    for steps in ("0", "1001"):
+        assert "steps must be an integer in 1..1000" in _bad(tmp_path, "sample", f"ckpt={trained}", f"steps={steps}")
+
+
+def test_missing_data_names_the_path_and_the_variable(tmp_path):
+    line = _bad(tmp_path, "train", "model=unet_tiny", "dataset.download=false",
+                env={"DIFFUSE_DATA_ROOT": str(tmp_path / "empty")})
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in line and "DIFFUSE_DATA_ROOT" in line
+
+
+def test_full_error_shows_the_traceback(tmp_path):
+    proc = run_cli("sample", "ckpt=/no/such/file", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"}, check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr

@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+
+from diffuse import DiffuseError
+from diffuse.schedule import SPACINGS, Schedule
+from diffuse.schedules.cosine import cosine
+from diffuse.schedules.linear import linear
+
+
+def test_linear_matches_ddpm_definition():
+    s = linear(T=1000, beta_start=1e-4, beta_end=0.02)
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    torch.testing.assert_close(s.abar, torch.cumprod(1 - betas, 0))
+    torch.testing.assert_close(s.betas, betas)
+    assert s.T == 1000
+    assert s.abar_at(-1).item() == 1.0
+    assert s.abar_at(0).item() == pytest.approx(1 - 1e-4)
+    assert s.terminal_snr == pytest.approx(4.04e-5, rel=0.05)  # DDPM's schedule does not reach zero SNR
+
+
+def test_cosine_matches_improved_ddpm_eq17():
+    s = cosine(T=1000, s=0.008)
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    for t in (0, 100, 500, 900):  # away from the beta cap at the very end, abar_t = f(t+1) / f(0)
+        assert s.abar_at(t).item() == pytest.approx(f(t + 1) / f(0), rel=1e-9)
+    assert float(s.betas.max()) <= 0.999
+
+
+def test_views_are_consistent():
+    s = cosine()
+    t = torch.tensor([0, 10, 500, 999])
+    torch.testing.assert_close(s.alpha(t) ** 2 + s.sigma(t) ** 2, torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(s.log_snr(t), torch.log(s.alpha(t) / s.sigma(t)))
+    assert (s.log_snr(t)[1:] < s.log_snr(t)[:-1]).all()
+    with pytest.raises(DiffuseError, match="out of range"):
+        s.abar_at(1000)
+
+
+def test_add_noise_is_eq4():
+    s = linear()
+    x0, eps, t = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4), torch.tensor([0, 400, 999])
+    ab = s.abar[t].float().view(3, 1, 1, 1)
+    torch.testing.assert_close(s.add_noise(x0, eps, t), ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, 10, 50, 333, 999, 1000])
+def test_every_spacing_is_strictly_decreasing_and_ends_at_clean_data(spacing, steps):
+    ts = linear().timesteps(steps, spacing)
+    assert len(ts) == steps + 1
+    assert ts[-1] == -1
+    assert all(0 <= t <= 999 for t in ts[:-1])
+    assert all(a > b for a, b in zip(ts, ts[1:]))
+
+
+def test_spacings_match_their_definitions():
+    s = linear()
+    assert s.timesteps(10, "leading")[:-1] == list(range(900, -1, -100))
+    assert s.timesteps(10, "trailing")[:-1] == list(range(999, 0, -100))
+    assert s.timesteps(10, "linspace")[:-1] == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert s.timesteps(1000, "trailing")[:-1] == list(range(999, -1, -1))
+
+
+@pytest.mark.parametrize("steps", [0, -3, 1001, 2.5, "10"])
+def test_bad_step_counts_are_refused(steps):
+    with pytest.raises(DiffuseError, match=r"steps must be an integer in 1\.\.1000"):
+        linear().timesteps(steps)
+
+
+def test_unknown_spacing_names_the_allowed_ones():
+    with pytest.raises(DiffuseError, match="linspace, leading, trailing"):
+        linear().timesteps(10, "uniform")
+
+
+def test_schedule_rejects_a_table_that_is_not_decreasing():
+    with pytest.raises(DiffuseError):
+        Schedule(abar=torch.tensor([0.9, 0.95, 0.5]))
