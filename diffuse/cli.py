@@ -48,7 +48,7 @@ def run_subcommand(subcommand: str, cfg) -> None:
     elif subcommand == "sample":
         from diffuse.sample import SampleOptions, sample
 
-        keys = ("n", "batch_size", "steps", "seed", "precision", "png")
+        keys = ("n", "batch_size", "steps", "seed", "precision", "png", "clip_x0", "dynamic_threshold")
         opts = run.options(SampleOptions, {k: cfg[k] for k in keys}, "")
         sample(run.build_sample(cfg, out_dir), opts)
 

@@ -19,6 +19,13 @@ def check(parameterization: str) -> str:
     return parameterization
 
 
+def check_schedule(parameterization: str, terminal_snr: float) -> None:
+    """At zero terminal SNR (alpha = 0) an eps prediction carries no information about x0 (Lin et al. 2024, sec. 3.2)."""
+    if parameterization == "eps" and terminal_snr == 0:
+        raise DiffuseError("a schedule with zero terminal SNR needs parameterization=v (or x0): at alpha = 0 an eps "
+                           "prediction says nothing about x0")
+
+
 def to_eps_x0(out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, parameterization: str) -> tuple[Tensor, Tensor]:
     """Convert a network output into (eps, x0). out, x_t: (B,C,H,W); alpha, sigma broadcastable."""
     if parameterization == "eps":

@@ -16,7 +16,7 @@ from torch import nn
 from diffuse import DiffuseError
 from diffuse.checkpoint import load_checkpoint, load_weights, metadata_config, resolve_checkpoint
 from diffuse.data import ImageData
-from diffuse.parameterization import check as check_parameterization
+from diffuse.parameterization import check as check_parameterization, check_schedule
 from diffuse.schedule import Schedule
 
 ALLOWED_MODULES = ("diffuse.", "torch.optim.")  # where a `_target_` may point: configs come back out of files
@@ -123,6 +123,7 @@ def build_train(cfg: DictConfig, out_dir: str) -> Run:
     schedule = build(cfg.schedule)
     sampler = build(cfg.sampler)
     check_sampler(sampler, schedule, cfg.train.sample_steps, dataset.shape)
+    check_schedule(check_parameterization(cfg.parameterization), schedule.terminal_snr)
     optimizer = build(cfg.optimizer)
     config["dataset_shape"] = list(dataset.shape)
     return Run(model=build(cfg.model), schedule=schedule, parameterization=check_parameterization(cfg.parameterization),

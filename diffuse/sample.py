@@ -30,6 +30,8 @@ class SampleOptions:
     seed: int = 0  # image i's noise comes from its own generator, seeded from (seed, i)
     precision: str = "fp32"  # fp32 | bf16 (autocast for the network)
     png: bool = False  # also write one PNG per image under images/
+    clip_x0: bool = False  # clamp each x0 prediction to [-1, 1]
+    dynamic_threshold: float = 0.0  # Imagen's dynamic thresholding at this percentile of |x0| (0 = off)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -87,7 +89,8 @@ def sampler_record(sampler: Callable, schedule: Schedule, steps: int) -> dict:
 def sample(run, opts: SampleOptions) -> Path:
     """Write grid.png, samples.npz (key `images`: (n,H,W,C) uint8) and sampling.json into run.out_dir."""
     run.model.eval()
-    denoiser = ModelDenoiser(run.model, run.schedule, run.parameterization, opts.precision)
+    denoiser = ModelDenoiser(run.model, run.schedule, run.parameterization, opts.precision, opts.clip_x0,
+                             opts.dynamic_threshold)
     batches = -(-opts.n // opts.batch_size)
     t0 = time.perf_counter()
     with progress_bar("sampling", batches * opts.steps, interactive()) as bar:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from diffuse import DiffuseError
 
-SPACINGS = ("linspace", "leading", "trailing")
+SPACINGS = ("linspace", "leading", "trailing", "karras")
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,13 +46,36 @@ class Schedule:
     def terminal_snr(self) -> float:
         return float(self.abar[-1] / (1 - self.abar[-1]))
 
-    def abar_at(self, t: Tensor | int) -> Tensor:
-        """abar_t for integer t in [-1, T-1] (any shape), with abar(-1) = 1; float64."""
-        t = torch.as_tensor(t, dtype=torch.long)
-        if bool(((t < -1) | (t >= self.T)).any()):
-            raise DiffuseError(f"timestep out of range: allowed -1..{self.T - 1}, got {t.tolist()}")
-        table = torch.cat([self.abar.new_ones(1), self.abar])
-        return table[t + 1]
+    @property
+    def log_sigma_ve(self) -> Tensor:
+        """log of sigma_VE = sigma_t / alpha_t, the noise level of x_t / alpha_t (Karras et al. 2022, eq. 4); (T,)."""
+        return 0.5 * ((1 - self.abar).log() - self.abar.log())
+
+    def abar_at(self, t: Tensor | float) -> Tensor:
+        """abar_t for t = -1 or t in [0, T-1] (any shape), with abar(-1) = 1; float64.
+
+        Fractional t interpolates log sigma_VE linearly between neighbouring steps (as k-diffusion does for
+        discrete models), so Karras-spaced samplers can visit noise levels between the table's entries.
+        """
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if bool(((t != -1) & ((t < 0) | (t > self.T - 1))).any()):
+            raise DiffuseError(f"timestep out of range: allowed -1 or 0..{self.T - 1}, got {t.tolist()}")
+        lo = t.floor().clamp(0, self.T - 1).long()
+        hi = (lo + 1).clamp(max=self.T - 1)
+        w = (t - lo).clamp(min=0)
+        log_s = self.log_sigma_ve
+        between = torch.sigmoid(-2 * torch.lerp(log_s[lo], log_s[hi], w))  # abar = 1 / (1 + sigma_VE^2)
+        abar = torch.where(w == 0, self.abar[lo], between)
+        return torch.where(t == -1, torch.ones_like(abar), abar)
+
+    def t_of_sigma_ve(self, sigma: Tensor) -> Tensor:
+        """The (fractional) timestep whose sigma_VE is `sigma`, inverting abar_at's interpolation; float64."""
+        log_s, ls = self.log_sigma_ve, torch.as_tensor(sigma, dtype=torch.float64).log()
+        if bool(((ls < log_s[0]) | (ls > log_s[-1])).any()):
+            raise DiffuseError(f"sigma {sigma} lies outside the schedule's range [{log_s[0].exp():.4g}, {log_s[-1].exp():.4g}]")
+        hi = torch.searchsorted(log_s, ls).clamp(1, self.T - 1)
+        lo = hi - 1
+        return lo + (ls - log_s[lo]) / (log_s[hi] - log_s[lo])
 
     def alpha(self, t: Tensor | int) -> Tensor:
         """alpha_t = sqrt(abar_t): the signal scale (DPM-Solver's notation, Lu et al. 2022, sec. 2)."""
@@ -73,11 +96,13 @@ class Schedule:
         abar = abar.view(-1, *([1] * (x0.ndim - 1)))
         return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 
-    def timesteps(self, steps: int, spacing: str = "trailing") -> list[int]:
+    def timesteps(self, steps: int, spacing: str = "trailing") -> list[float]:
         """`steps` strictly decreasing timesteps in [0, T-1], followed by the clean-data sentinel -1.
 
         Spacings as named in Lin et al. 2024 (Table 2): `linspace` spans [0, T-1] evenly, `leading`
-        is DDIM's `range(0, T, T // steps)`, `trailing` starts at T-1 and steps back by T / steps.
+        is DDIM's `range(0, T, T // steps)`, `trailing` starts at T-1 and steps back by T / steps; all three
+        give integers. `karras` spaces sigma_VE from the schedule's largest to its smallest with rho = 7
+        (Karras et al. 2022, eq. 5), at fractional timesteps.
         """
         if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= self.T:
             raise DiffuseError(f"steps must be an integer in 1..{self.T} (the schedule's T), got {steps!r}")
@@ -88,11 +113,37 @@ class Schedule:
             ts = (torch.arange(steps) * (T // steps)).flip(0)
         elif spacing == "trailing":
             ts = (torch.arange(T, 0, -T / steps, dtype=torch.float64).round().long() - 1)[:steps]
+        elif spacing == "karras":
+            return karras_timesteps(self, steps) + [-1]
         else:
             raise DiffuseError(f"unknown timestep spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
         return [int(t) for t in ts] + [-1]
 
 
-def from_betas(betas: Tensor, name: str) -> Schedule:
-    """abar_t = prod_{s<=t} (1 - beta_s) (DDPM, below eq. 4)."""
-    return Schedule(abar=torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0), name=name)
+def karras_timesteps(schedule: Schedule, steps: int, rho: float = 7.0) -> list[float]:
+    """Timesteps at sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho (Karras et al. 2022, eq. 5)."""
+    log_s = schedule.log_sigma_ve
+    if not torch.isfinite(log_s[-1]):
+        raise DiffuseError("karras spacing needs a finite largest noise level, and this schedule has zero terminal "
+                           "SNR; use spacing=trailing")
+    if steps == 1:
+        return [float(schedule.T - 1)]
+    s_min, s_max = log_s[0].exp(), log_s[-1].exp()
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sigmas = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    inner = schedule.t_of_sigma_ve(sigmas[1:-1])  # the ends are the table's ends exactly, free of round-off
+    return [float(schedule.T - 1)] + [float(t) for t in inner] + [0.0]
+
+
+def from_betas(betas: Tensor, name: str, zero_terminal_snr: bool = False) -> Schedule:
+    """abar_t = prod_{s<=t} (1 - beta_s) (DDPM, below eq. 4), optionally rescaled to zero terminal SNR."""
+    abar = torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0)
+    return Schedule(abar=rescale_zero_terminal_snr(abar) if zero_terminal_snr else abar, name=name)
+
+
+def rescale_zero_terminal_snr(abar: Tensor) -> Tensor:
+    """Shift and scale sqrt(abar) so that abar_0 is kept and abar_{T-1} = 0 (Lin et al. 2024, Algorithm 1)."""
+    root = abar.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    return root**2

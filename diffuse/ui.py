@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -38,7 +39,15 @@ def progress_bar(description: str, total: int, enabled: bool) -> Iterator[Bar]:
                TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as p:
-        yield Bar(p, p.add_task(description, total=total, info=""))
+        # log handlers hold the real stdout/stderr; point them at rich's proxies so lines print above the bar
+        handlers = [h for h in logging.getLogger().handlers
+                    if type(h) is logging.StreamHandler and h.stream in (sys.__stdout__, sys.__stderr__)]
+        saved = [h.setStream(sys.stdout if h.stream is sys.__stdout__ else sys.stderr) for h in handlers]
+        try:
+            yield Bar(p, p.add_task(description, total=total, info=""))
+        finally:
+            for h, stream in zip(handlers, saved):
+                h.setStream(stream)
 
 
 def print_table(title: str, rows: dict[str, object]) -> None:

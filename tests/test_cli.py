@@ -65,6 +65,18 @@ def test_ddpm_sampler_from_the_cli(trained, tmp_path):
     assert record["sampler"] == "ddpm" and record["settings"]["variance"] == "posterior"
 
 
+SAMPLERS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "sampler").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_from_the_cli_records_what_it_ran(trained, tmp_path, name):
+    run_cli("sample", f"ckpt={trained}", f"sampler={name}", "steps=3", "n=2", "hydra.run.dir=s", cwd=tmp_path)
+    record = json.loads((tmp_path / "s" / "sampling.json").read_text())
+    assert record["sampler"] == name and record["steps"] == 3 and len(record["timesteps"]) == 4
+    assert record["nfe_per_image"] == (5 if name == "heun" else 3)
+    assert np.load(tmp_path / "s" / "samples.npz")["images"].shape == (2, 28, 28, 1)
+
+
 def test_multirun_gives_one_directory_per_point(trained, tmp_path, data_root):
     run_cli("train", "-m", "schedule=linear,cosine", *TINY_TRAIN, "train.steps=2", "hydra.sweep.dir=tm", cwd=tmp_path)
     run_cli("sample", "-m", f"ckpt={trained}", "steps=2,3", "n=2", "hydra.sweep.dir=sm", cwd=tmp_path)
@@ -83,7 +95,8 @@ def test_default_run_directories_do_not_collide(trained, tmp_path):
 def test_help_lists_groups_and_options(tmp_path):
     out = run_cli("train", "--help", cwd=tmp_path).stdout
     assert "model: unet_cifar, unet_mnist, unet_tiny" in out
-    assert "sampler: ddim, ddpm" in out and "schedule: cosine, linear" in out
+    assert "sampler: ddim, ddpm, dpmpp_2m, euler, euler_ancestral, heun, unipc" in out
+    assert "schedule: cosine, linear, scaled_linear, sigmoid" in out
 
 
 def _bad(tmp_path, *args, env=None):
@@ -97,7 +110,7 @@ def _bad(tmp_path, *args, env=None):
 
 @pytest.mark.parametrize("args,expected", [
     (("train", "model=nope"), "unknown model 'nope'; available: unet_cifar, unet_mnist, unet_tiny"),
-    (("train", "sampler=plms"), "unknown sampler 'plms'; available: ddim, ddpm"),
+    (("train", "sampler=plms"), "unknown sampler 'plms'; available: ddim, ddpm, dpmpp_2m, euler"),
     (("train", "train.nope=1"), "train.nope"),
     (("train", "train.steps=abc"), "train.steps must be int, got 'abc'"),
     (("train", "train.precision=fp16"), "train.precision must be fp32 or bf16"),
@@ -105,6 +118,9 @@ def _bad(tmp_path, *args, env=None):
     (("train", "device=cuda:7"), "CUDA is not available"),
     (("train", "parameterization=score"), "unknown parameterization 'score'"),
     (("train", "sampler.eta=-1"), "eta must be >= 0"),
+    (("train", "sampler.spacing=uniform"), "unknown timestep spacing 'uniform'"),
+    (("train", "schedule.zero_terminal_snr=true"), "zero terminal SNR needs parameterization=v"),
+    (("train", "sampler=heun", "schedule.zero_terminal_snr=true", "parameterization=v"), "use ddim, euler"),
     (("sample",), "ckpt is required"),
     (("sample", "ckpt=/no/such/file.safetensors"), "no such file or directory"),
     (("frobnicate",), "unknown subcommand 'frobnicate'"),
@@ -118,6 +134,8 @@ def test_bad_checkpoints_and_step_counts(trained, tmp_path):
     junk.write_bytes(b"\x00not a checkpoint at all" * 10)
     assert "not a readable safetensors file" in _bad(tmp_path, "sample", f"ckpt={junk}")
     assert "without checkpoints/last.safetensors" in _bad(tmp_path, "sample", f"ckpt={tmp_path}")
+    assert "dynamic threshold percentile must be in" in _bad(tmp_path, "sample", f"ckpt={trained}",
+                                                             "dynamic_threshold=1.5")
     for steps in ("0", "1001"):
         assert "steps must be an integer in 1..1000" in _bad(tmp_path, "sample", f"ckpt={trained}", f"steps={steps}")
 

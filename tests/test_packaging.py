@@ -36,4 +36,4 @@ def test_wheel_ships_the_configs_and_runs_from_another_directory(tmp_path):
 def test_console_script_is_installed(tmp_path):
     script = Path(sys.executable).parent / "diffuse"
     out = subprocess.run([str(script), "sample", "--help"], cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert "sampler: ddim, ddpm" in out.stdout
+    assert "sampler: ddim, ddpm, dpmpp_2m" in out.stdout

@@ -1,101 +1,174 @@
-"""Samplers against exact answers: no trained model can hide a bookkeeping bug here (DESIGN.md sec. 7)."""
+"""Every sampler against exact answers: no trained model can hide a bookkeeping bug here (DESIGN.md sec. 7).
+The samplers come from the config group, so a new sampler YAML is tested without touching this file."""
+
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 
 from diffuse import DiffuseError
 from diffuse.denoiser import eps_denoiser
+from diffuse.run import build
 from diffuse.samplers.ddim import ddim
 from diffuse.samplers.ddpm import ddpm
+from diffuse.samplers.dpmpp_2m import dpmpp_2m
+from diffuse.samplers.euler import euler
+from diffuse.samplers.euler_ancestral import euler_ancestral
+from diffuse.samplers.heun import heun
+from diffuse.samplers.unipc import unipc
+from diffuse.schedule import SPACINGS
 from diffuse.schedules.cosine import cosine
 from diffuse.schedules.linear import linear
+from exact import GaussianMixture, fitted_order, point_mass_denoiser
 
-SAMPLERS = {
-    "ddim": lambda **kw: lambda *a, **k: ddim(*a, eta=0.0, **k, **kw),
-    "ddim_eta1": lambda **kw: lambda *a, **k: ddim(*a, eta=1.0, **k, **kw),
-    "ddpm": lambda **kw: lambda *a, **k: ddpm(*a, variance="posterior", **k, **kw),
-    "ddpm_beta": lambda **kw: lambda *a, **k: ddpm(*a, variance="beta", **k, **kw),
-}
-
-
-def point_mass_denoiser(c: float, schedule):
-    """Data that is always c: the exact x0 is c, and eps follows from x_t."""
-
-    def denoise(x_t, t):
-        alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
-        x0 = torch.full_like(x_t, c)
-        return (x_t - alpha * x0) / sigma, x0
-
-    return denoise
+CONF = Path(__file__).resolve().parents[1] / "conf" / "sampler"
+NAMES = sorted(p.stem for p in CONF.glob("*.yaml"))
+ODE = ["ddim", "euler", "heun", "dpmpp_2m", "unipc"]  # deterministic given x_T
+MIXTURE = GaussianMixture(weights=[0.3, 0.7], means=[-0.6, 0.5], stds=[0.15, 0.25])
 
 
-def gaussian_eps(mu: float, s: float, schedule):
-    """Data ~ N(mu, s^2) per pixel: E[x0 | x_t] is closed form; returned as the eps a perfect model predicts."""
-
-    def eps(x_t, t):
-        alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
-        x0 = mu + alpha * s**2 / (alpha**2 * s**2 + sigma**2) * (x_t - alpha * mu)
-        return (x_t - alpha * x0) / sigma
-
-    return eps
+def from_yaml(name: str, **settings):
+    with initialize_config_module(config_module="diffuse.conf", version_base="1.3"):
+        node = compose(config_name="sample", overrides=[f"sampler={name}"]).sampler
+    sampler = build(node)
+    return partial(sampler, **settings) if settings else sampler
 
 
-@pytest.mark.parametrize("name", SAMPLERS)
-@pytest.mark.parametrize("steps", [1, 2, 5, 50])
-@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
-def test_point_mass_is_recovered_exactly(name, steps, spacing):
+def counted(denoise):
+    calls = []
+
+    def wrapped(x_t, t):
+        calls.append(t)
+        return denoise(x_t, t)
+
+    return wrapped, calls
+
+
+def test_every_sampler_in_the_design_is_configured():
+    assert set(NAMES) >= {"ddpm", "ddim", "euler", "heun", "dpmpp_2m", "unipc", "euler_ancestral"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("steps", [1, 2, 5, 20])
+def test_point_mass_is_recovered_exactly(name, spacing, steps):
     schedule = cosine()
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(8, 1, 4, 4, generator=g)
-    x = SAMPLERS[name](spacing=spacing)(point_mass_denoiser(0.37, schedule), schedule, x_T, steps=steps, generator=g)
+    x = from_yaml(name, spacing=spacing)(point_mass_denoiser(0.37, schedule), schedule, x_T, steps=steps, generator=g)
     torch.testing.assert_close(x, torch.full_like(x, 0.37), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name,steps", [("ddim", 500), ("ddim_eta1", 1000), ("ddpm", 1000), ("ddpm_beta", 1000)])
-def test_gaussian_data_statistics_are_reproduced(name, steps):
-    schedule, mu, s = linear(), 0.5, 0.6
+@pytest.mark.parametrize("name", NAMES)
+def test_model_evaluations_per_sampler(name):
+    schedule = linear()
+    denoise, calls = counted(point_mass_denoiser(0.0, schedule))
+    seen = []
+    from_yaml(name)(denoise, schedule, torch.randn(2, 1, 2, 2), steps=7, generator=torch.Generator().manual_seed(0),
+                    on_step=lambda i, n: seen.append((i, n)))
+    assert len(calls) == (2 * 7 - 1 if name == "heun" else 7)
+    assert seen == [(i, 7) for i in range(1, 8)]
+
+
+# Enough steps that the solver's own error is below the tolerance; stochastic samplers need more.
+STEPS = {"ddim": 200, "euler": 200, "heun": 50, "dpmpp_2m": 50, "unipc": 50, "ddpm": 1000, "euler_ancestral": 1000}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gaussian_mixture_statistics_and_weights(name):
+    schedule = linear()
     g = torch.Generator().manual_seed(1)
     x_T = torch.randn(20000, 1, 1, 1, generator=g)
-    x = SAMPLERS[name]()(eps_denoiser(gaussian_eps(mu, s, schedule), schedule), schedule, x_T, steps=steps, generator=g)
-    # 20000 samples: standard errors of the mean 0.004, of the std 0.003. Ancestral sampling with the
-    # posterior variance beta-tilde ignores Var[x0 | x_t] and so under-disperses by O(1/steps): ~1% at T.
-    assert x.mean().item() == pytest.approx(mu, abs=0.012)
-    assert x.std().item() == pytest.approx(s, rel=0.02)
+    x = from_yaml(name)(MIXTURE.denoiser(schedule), schedule, x_T, steps=STEPS.get(name, 200), generator=g).flatten()
+    # 20000 samples: standard errors ~0.004 (mean), ~0.003 (std), ~0.003 (weight)
+    assert x.mean().item() == pytest.approx(MIXTURE.mean, abs=0.015)
+    assert x.std().item() == pytest.approx(MIXTURE.std, rel=0.03)
+    assert (x < 0).double().mean().item() == pytest.approx(MIXTURE.cdf(0.0), abs=0.01)  # mostly the weight 0.3
 
 
-def test_ddim_error_shrinks_at_first_order():
-    schedule, s = linear(), 0.3
-    x_T = torch.randn(4000, 1, 1, 1, generator=torch.Generator().manual_seed(1))
-    eps_fn = eps_denoiser(gaussian_eps(0.5, s, schedule), schedule)
-    err = {n: abs(ddim(eps_fn, schedule, x_T, steps=n).std().item() - s) for n in (25, 100)}
-    assert 2.5 < err[25] / err[100] < 8  # 4x the steps, ~4x less error for a first-order solver
+# UniPC-2's corrector lifts it to order 3 (Zhao et al. 2023, Theorem 3.3): measured ~3.1.
+@pytest.mark.parametrize("name,low,high", [("euler", 0.8, 1.3), ("ddim", 0.8, 1.3), ("heun", 1.7, 3.0),
+                                           ("dpmpp_2m", 1.7, 3.0), ("unipc", 2.5, 4.0)])
+def test_convergence_order_on_the_ode_path(name, low, high):
+    schedule = linear()
+    x_T = torch.randn(512, 1, 1, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    sampler = from_yaml(name, spacing="karras")  # even steps in log sigma; with trailing the last jump is 1st order
+    denoise = MIXTURE.denoiser(schedule)
+    reference = sampler(denoise, schedule, x_T, steps=1000)
+    steps = [10, 20, 40, 80]
+    errors = [(sampler(denoise, schedule, x_T, steps=n) - reference).abs().mean().item() for n in steps]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert low <= fitted_order(steps, errors) <= high, errors
 
 
 def test_ddim_eta1_over_all_steps_equals_ddpm():
     schedule = linear()
-    eps_fn = eps_denoiser(gaussian_eps(-0.2, 0.8, schedule), schedule)
+    denoise = MIXTURE.denoiser(schedule)
     x_T = torch.randn(16, 1, 2, 2, generator=torch.Generator().manual_seed(3))
-    a = ddim(eps_fn, schedule, x_T, steps=1000, eta=1.0, generator=torch.Generator().manual_seed(7))
-    b = ddpm(eps_fn, schedule, x_T, steps=1000, variance="posterior", generator=torch.Generator().manual_seed(7))
+    a = ddim(denoise, schedule, x_T, steps=1000, eta=1.0, generator=torch.Generator().manual_seed(7))
+    b = ddpm(denoise, schedule, x_T, steps=1000, variance="posterior", generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_samplers_report_progress_and_call_the_denoiser_once_per_step():
-    schedule, calls, seen = linear(), [], []
-    denoise = point_mass_denoiser(0.0, schedule)
-
-    def counting(x_t, t):
-        calls.append(t)
-        return denoise(x_t, t)
-
-    ddim(counting, schedule, torch.randn(2, 1, 2, 2), steps=7, on_step=lambda i, n: seen.append((i, n)))
-    assert calls == schedule.timesteps(7)[:-1]
-    assert seen == [(i, 7) for i in range(1, 8)]
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_euler_is_ddim_with_eta_zero_and_euler_ancestral_with_eta_zero(spacing):
+    schedule = cosine()
+    denoise = MIXTURE.denoiser(schedule)
+    x_T = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    a = euler(denoise, schedule, x_T, steps=12, spacing=spacing)
+    torch.testing.assert_close(a, ddim(denoise, schedule, x_T, steps=12, spacing=spacing))
+    torch.testing.assert_close(a, euler_ancestral(denoise, schedule, x_T, steps=12, eta=0.0, spacing=spacing))
 
 
-def test_bad_settings_are_refused():
-    schedule, x = linear(), torch.zeros(1, 1, 2, 2)
-    with pytest.raises(DiffuseError, match="eta must be >= 0"):
-        ddim(point_mass_denoiser(0.0, schedule), schedule, x, steps=5, eta=-0.5)
-    with pytest.raises(DiffuseError, match="posterior, beta"):
-        ddpm(point_mass_denoiser(0.0, schedule), schedule, x, steps=5, variance="large")
+def test_unipc_order_one_and_dpmpp_first_step_are_ddim():
+    schedule = linear()
+    denoise = MIXTURE.denoiser(schedule)
+    x_T = torch.randn(64, 1, 1, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ref = ddim(denoise, schedule, x_T, steps=1)
+    torch.testing.assert_close(dpmpp_2m(denoise, schedule, x_T, steps=1), ref)
+    torch.testing.assert_close(unipc(denoise, schedule, x_T, steps=1), ref)
+
+
+def test_user_eps_function_api():
+    """The README's API: any sampler on your own function (x_t, t) -> eps."""
+    schedule = cosine()
+    exact = MIXTURE.denoiser(schedule)
+    my_eps = lambda x_t, t: exact(x_t, t)[0]  # noqa: E731  (a trained network goes here)
+    x = dpmpp_2m(eps_denoiser(my_eps, schedule), schedule, torch.randn(4000, 1, 1, 1), steps=20)
+    assert x.mean().item() == pytest.approx(MIXTURE.mean, abs=0.03)
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "euler", "dpmpp_2m", "unipc", "euler_ancestral"])
+def test_zero_terminal_snr_schedules_sample_correctly(name):
+    schedule = linear(zero_terminal_snr=True)
+    assert schedule.terminal_snr == 0
+    g = torch.Generator().manual_seed(6)
+    x = from_yaml(name, spacing="trailing")(MIXTURE.denoiser(schedule), schedule, torch.randn(20000, 1, 1, 1, generator=g),
+                        steps=STEPS[name], generator=g)
+    assert torch.isfinite(x).all()
+    assert x.mean().item() == pytest.approx(MIXTURE.mean, abs=0.015)
+    assert x.std().item() == pytest.approx(MIXTURE.std, rel=0.03)
+
+
+@pytest.mark.parametrize("sampler,settings,message", [
+    (ddim, {"eta": -0.1}, "eta must be >= 0"),
+    (euler_ancestral, {"eta": -1}, "eta must be >= 0"),
+    (ddpm, {"variance": "large"}, "posterior, beta"),
+    (unipc, {"order": 4}, "order must be 1, 2 or 3"),
+    (unipc, {"variant": "bh3"}, "bh1, bh2"),
+    (dpmpp_2m, {"spacing": "uniform"}, "linspace, leading, trailing, karras"),
+    (heun, {"steps": 0}, r"steps must be an integer in 1\.\.1000"),
+])
+def test_bad_settings_are_refused(sampler, settings, message):
+    schedule = linear()
+    kwargs = {"steps": 5, **settings}
+    with pytest.raises(DiffuseError, match=message):
+        sampler(point_mass_denoiser(0.0, schedule), schedule, torch.zeros(1, 1, 2, 2), **kwargs)
+
+
+def test_heun_refuses_zero_terminal_snr():
+    schedule = linear(zero_terminal_snr=True)
+    with pytest.raises(DiffuseError, match="infinite at zero terminal SNR"):
+        heun(point_mass_denoiser(0.0, schedule), schedule, torch.zeros(1, 1, 2, 2), steps=5, spacing="trailing")

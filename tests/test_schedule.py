@@ -7,6 +7,8 @@ from diffuse import DiffuseError
 from diffuse.schedule import SPACINGS, Schedule
 from diffuse.schedules.cosine import cosine
 from diffuse.schedules.linear import linear
+from diffuse.schedules.scaled_linear import scaled_linear
+from diffuse.schedules.sigmoid import sigmoid
 
 
 def test_linear_matches_ddpm_definition():
@@ -77,3 +79,42 @@ def test_unknown_spacing_names_the_allowed_ones():
 def test_schedule_rejects_a_table_that_is_not_decreasing():
     with pytest.raises(DiffuseError):
         Schedule(abar=torch.tensor([0.9, 0.95, 0.5]))
+
+
+def test_karras_spacing_follows_eq5_in_sigma():
+    s = linear()
+    ts = s.timesteps(10, "karras")
+    assert ts[0] == 999 and ts[-2] == 0 and ts[-1] == -1
+    t = torch.tensor(ts[:-1], dtype=torch.float64)
+    sig = s.sigma(t) / s.alpha(t)
+    lo, hi = sig[-1].item(), sig[0].item()
+    ramp = torch.linspace(0, 1, 10, dtype=torch.float64)
+    expected = (hi ** (1 / 7) + ramp * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7
+    torch.testing.assert_close(sig, expected, rtol=1e-9, atol=0)
+
+
+def test_fractional_timesteps_interpolate_and_invert():
+    s = cosine()
+    assert s.abar_at(torch.tensor(41.0)).item() == s.abar[41].item()  # integers stay exact
+    mid = s.abar_at(torch.tensor(41.5)).item()
+    assert s.abar[42].item() < mid < s.abar[41].item()
+    sigma = (s.sigma(41.5) / s.alpha(41.5))
+    assert s.t_of_sigma_ve(sigma).item() == pytest.approx(41.5, abs=1e-9)
+
+
+@pytest.mark.parametrize("family", [linear, cosine, scaled_linear, sigmoid])
+def test_zero_terminal_snr_rescale(family):
+    plain, zero = family(), family(zero_terminal_snr=True)
+    assert plain.terminal_snr > 0 and zero.terminal_snr == 0  # Lin et al. 2024, Algorithm 1
+    assert zero.abar[0].item() == pytest.approx(plain.abar[0].item(), rel=1e-12)
+    assert (zero.abar[1:] < zero.abar[:-1]).all()
+    with pytest.raises(DiffuseError, match="zero terminal SNR"):
+        zero.timesteps(10, "karras")
+
+
+def test_scaled_linear_and_sigmoid_follow_their_betas():
+    torch.testing.assert_close(scaled_linear().betas,
+                               torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2)
+    b = sigmoid().betas
+    assert b[0].item() == pytest.approx(1e-4 + (0.02 - 1e-4) * torch.sigmoid(torch.tensor(-6.0)).item(), rel=1e-5)
+    assert (b[1:] > b[:-1]).all()

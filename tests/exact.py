@@ -1,0 +1,65 @@
+"""Exact denoisers for data whose posterior mean E[x0 | x_t] is closed form (DESIGN.md sec. 7)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+class GaussianMixture:
+    """1-D data x0 ~ sum_k w_k N(mu_k, s_k^2), applied to every pixel independently."""
+
+    def __init__(self, weights, means, stds):
+        self.w, self.mu, self.s = (torch.tensor(v, dtype=torch.float64) for v in (weights, means, stds))
+
+    @property
+    def mean(self) -> float:
+        return float((self.w * self.mu).sum())
+
+    @property
+    def std(self) -> float:
+        second = (self.w * (self.s**2 + self.mu**2)).sum()
+        return float((second - self.mean**2).sqrt())
+
+    def cdf(self, x: float) -> float:
+        z = (x - self.mu) / (self.s * math.sqrt(2))
+        return float((self.w * 0.5 * (1 + torch.erf(z))).sum())
+
+    def x0_mean(self, x_t: Tensor, alpha: float, sigma: float) -> Tensor:
+        """E[x0 | x_t] for x_t = alpha x0 + sigma eps: responsibilities times per-component posterior means."""
+        x = x_t.double().unsqueeze(-1)  # (..., 1) against (K,)
+        var = alpha**2 * self.s**2 + sigma**2  # marginal variance of x_t per component
+        log_r = self.w.log() - 0.5 * (x - alpha * self.mu) ** 2 / var - 0.5 * var.log()
+        r = torch.softmax(log_r, dim=-1)
+        post = self.mu + alpha * self.s**2 / var * (x - alpha * self.mu)
+        return (r * post).sum(-1).to(x_t.dtype)
+
+    def denoiser(self, schedule):
+        """(x_t, t) -> (eps, x0) with the exact x0 = E[x0 | x_t]."""
+
+        def denoise(x_t: Tensor, t: float):
+            alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
+            x0 = self.x0_mean(x_t, alpha, sigma)
+            return (x_t - alpha * x0) / sigma, x0
+
+        return denoise
+
+
+def point_mass_denoiser(c: float, schedule):
+    """Data that is always c: the exact x0 is c, and eps follows from x_t."""
+
+    def denoise(x_t: Tensor, t: float):
+        alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
+        x0 = torch.full_like(x_t, c)
+        return (x_t - alpha * x0) / sigma, x0
+
+    return denoise
+
+
+def fitted_order(steps: list[int], errors: list[float]) -> float:
+    """The slope of -log(error) against log(steps), by least squares."""
+    xs, ys = [math.log(s) for s in steps], [-math.log(e) for e in errors]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
