@@ -52,7 +52,23 @@ def save_checkpoint(paths: list[Path], tensors: dict[str, Tensor], metadata: dic
     """Serialize once, write atomically to every path (e.g. step_0001000 and last)."""
     data = safetensors_bytes(tensors, metadata=metadata)
     for path in paths:
-        write_atomic(path, data)
+        try:
+            write_atomic(path, data)
+        except OSError as e:
+            before = "the previous one there is intact" if path.exists() else "there was no previous one"
+            raise DiffuseError(f"could not write checkpoint {path} ({e.strerror or e}); {before}") from None
+
+
+def prune_checkpoints(folder: Path, keep_last: int, milestone_every: int) -> list[Path]:
+    """Delete all but the newest `keep_last` step_N checkpoints, keeping milestones (N % milestone_every == 0)."""
+    if keep_last <= 0:
+        return []
+    steps = sorted(folder.glob("step_*.safetensors"))
+    doomed = [p for p in steps[:-keep_last]
+              if not (milestone_every and int(p.stem.split("_")[1]) % milestone_every == 0)]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -29,7 +29,10 @@ def task(subcommand: str, full_error: bool):
         except DiffuseError as e:  # exit here: Hydra would log a second line for an exception
             if full_error:
                 raise
-            fail(subcommand, str(e))
+            from diffuse.train import TrainingInterrupted
+
+            print(f"diffuse {subcommand}: {'' if isinstance(e, TrainingInterrupted) else 'error: '}{e}", file=sys.stderr)
+            sys.exit(130 if isinstance(e, TrainingInterrupted) else 2)
 
     return run_task
 
@@ -39,12 +42,14 @@ def run_subcommand(subcommand: str, cfg) -> None:
 
     from diffuse import run
 
-    out_dir = HydraConfig.get().runtime.output_dir
+    hydra_cfg = HydraConfig.get()
+    out_dir = hydra_cfg.runtime.output_dir
     if subcommand == "train":
         from diffuse.train import TrainOptions, train
 
         opts = run.options(TrainOptions, cfg.train, "train.")
-        train(run.build_train(cfg, out_dir), opts)
+        experiment = hydra_cfg.runtime.choices.get("experiment")
+        train(run.build_train(cfg, out_dir, experiment, tuple(hydra_cfg.overrides.task)), opts)
     elif subcommand == "sample":
         from diffuse.sample import SampleOptions, sample
 
@@ -98,7 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         from hydra.errors import HydraException
 
-        if full_error or not isinstance(e, (HydraException, OmegaConfBaseException)):
+        if full_error:
+            raise
+        if isinstance(e, OSError) and e.filename:  # e.g. a run directory that cannot be created
+            fail(sub, f"cannot write {e.filename}: {e.strerror}; choose another hydra.run.dir")
+        if not isinstance(e, (HydraException, OmegaConfBaseException)):
             raise
         fail(sub, one_line(e))
     except KeyboardInterrupt:

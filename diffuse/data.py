@@ -64,6 +64,13 @@ class BatchIterator:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.images), generator=g).to(self.device)
 
+    def seek(self, epoch: int, position: int) -> None:
+        """Continue from a saved (epoch, position): the batches that follow are the ones an unbroken run sees."""
+        if epoch < 0 or not 0 <= position <= len(self.images):
+            raise DiffuseError(f"data position (epoch {epoch}, item {position}) does not fit a data set of {len(self.images)}")
+        self.epoch, self.position = epoch, position
+        self._order = self._permutation(epoch)
+
     def __iter__(self) -> "BatchIterator":
         return self
 

@@ -14,7 +14,7 @@ PARAMETERIZATIONS = ("eps", "x0", "v")
 
 
 def check(parameterization: str) -> str:
-    if parameterization not in PARAMETERIZATIONS:
+    if not isinstance(parameterization, str) or parameterization not in PARAMETERIZATIONS:
         raise DiffuseError(f"unknown parameterization {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
     return parameterization
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from diffuse import DiffuseError
 from diffuse.checkpoint import load_checkpoint, load_weights, metadata_config, resolve_checkpoint
+from diffuse import train_state
 from diffuse.data import ImageData
 from diffuse.parameterization import check as check_parameterization, check_schedule
 from diffuse.schedule import Schedule
@@ -39,6 +40,8 @@ class Run:
     optimizer: Callable | None = None  # training only: params, lr -> torch.optim.Optimizer
     checkpoint: Path | None = None  # sampling only
     step: int = 0  # the checkpoint's training step
+    resume: tuple[dict, dict, str] | None = None  # training only: (tensors, training state, source) to continue from
+    resume_command: str = ""  # training only: the command line that continues this run
 
 
 def locate(target: str) -> Callable:
@@ -72,7 +75,7 @@ def build(node: dict | DictConfig, **extra: Any) -> Any:
         return functools.partial(fn, **kwargs)
     try:
         return fn(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError, OverflowError) as e:  # bad arguments, e.g. from a config read out of a file
         raise DiffuseError(f"{node['_target_']}: {e}") from None
 
 
@@ -115,8 +118,40 @@ def check_sampler(sampler: Callable, schedule: Schedule, steps: int, shape: tupl
             generator=torch.Generator().manual_seed(0))
 
 
-def build_train(cfg: DictConfig, out_dir: str) -> Run:
+def find_latest(runs_root: Path, experiment: str | None) -> Path:
+    """The newest training run under `runs_root` (runs and sweeps) of the same experiment, with a last checkpoint."""
+    found = [p.parent.parent for p in runs_root.glob("train*/**/checkpoints/last.safetensors")]
+    same = []
+    for run_dir in found:
+        try:
+            _, metadata = load_checkpoint(run_dir)
+            if metadata_config(metadata).get("experiment") == experiment:
+                same.append(run_dir)
+        except DiffuseError:
+            continue  # an unreadable run is not a candidate
+    if not same:
+        raise DiffuseError(f"resume=latest: no training run of experiment {experiment!r} with a checkpoint under "
+                           f"{runs_root.resolve()}")
+    return max(same, key=lambda d: (d / "checkpoints" / "last.safetensors").stat().st_mtime)
+
+
+def build_train(cfg: DictConfig, out_dir: str, experiment: str | None = None, overrides: tuple[str, ...] = ()) -> Run:
+    """Objects for `diffuse train`; with `resume`, the model, schedule, data set, optimizer and seed come
+    from the checkpoint (so that it continues exactly), and the `train.*` options from this command."""
     config = OmegaConf.to_container(cfg, resolve=True)
+    config["experiment"] = experiment
+    resume = None
+    if cfg.get("resume"):
+        source = find_latest(Path("outputs"), experiment) if cfg.resume == "latest" else resolve_checkpoint(cfg.resume)
+        tensors, metadata = load_checkpoint(source)
+        resume = (tensors, train_state.decode(metadata, str(cfg.resume)), str(source))
+        trained = metadata_config(metadata)
+        for key in ("model", "schedule", "dataset", "optimizer", "parameterization", "seed", "experiment"):
+            if key in trained:
+                config[key] = trained[key]
+        cfg = OmegaConf.create({**OmegaConf.to_container(cfg, resolve=True), **{k: config[k] for k in (
+            "model", "schedule", "dataset", "optimizer", "parameterization", "seed")}})
+    torch.manual_seed(int(cfg.seed))  # weight init and dropout
     dataset = build(cfg.dataset)
     if not isinstance(dataset, ImageData):
         raise DiffuseError(f"dataset {cfg.dataset._target_} did not return an ImageData")
@@ -126,29 +161,57 @@ def build_train(cfg: DictConfig, out_dir: str) -> Run:
     check_schedule(check_parameterization(cfg.parameterization), schedule.terminal_snr)
     optimizer = build(cfg.optimizer)
     config["dataset_shape"] = list(dataset.shape)
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
+    resume_command = " ".join(["diffuse train", f"resume={Path(out_dir).resolve()}", *keep])
     return Run(model=build(cfg.model), schedule=schedule, parameterization=check_parameterization(cfg.parameterization),
                sampler=sampler, shape=dataset.shape, device=resolve_device(cfg.device), out_dir=Path(out_dir),
-               seed=int(cfg.seed), config=config, dataset=dataset, optimizer=optimizer)
+               seed=int(cfg.seed), config=config, dataset=dataset, optimizer=optimizer, resume=resume,
+               resume_command=resume_command)
+
+
+def load_model(path: str | Path, weights: str = "ema") -> tuple[nn.Module, Schedule, str, tuple[int, int, int], int, Path]:
+    """Everything a checkpoint describes, from the file alone: (model, schedule, parameterization, (C,H,W), step,
+    resolved path). Any malformed or hostile file is a DiffuseError; nothing outside the allow-list runs, and
+    the network is first built on the meta device so a config that disagrees with the tensors allocates nothing."""
+    if weights not in ("ema", "raw"):
+        raise DiffuseError(f"weights must be ema or raw, got {weights!r}")
+    resolved = resolve_checkpoint(path)
+    tensors, metadata = load_checkpoint(resolved)
+    trained = metadata_config(metadata)
+    try:
+        model_node, schedule_node, shape = trained["model"], trained["schedule"], tuple(trained["dataset_shape"])
+    except (KeyError, TypeError):
+        raise DiffuseError(f"ckpt={path}: its config lacks model, schedule or dataset_shape") from None
+    if not (len(shape) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+            and shape[0] in (1, 3) and all(8 <= v <= 4096 for v in shape[1:])):
+        raise DiffuseError(f"ckpt={path}: dataset_shape {list(shape)} is not (C in 1|3, H, W in 8..4096)")
+    parameterization = check_parameterization(metadata.get("parameterization"))
+    schedule = build(schedule_node)
+    prefix = "ema." if weights == "ema" else "model."
+    with torch.device("meta"):
+        model = build(model_node)
+    if not isinstance(model, nn.Module):
+        raise DiffuseError(f"ckpt={path}: its model config does not build a network")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k[len(prefix):]: tuple(v.shape) for k, v in tensors.items() if k.startswith(prefix)}
+    if expected != found:
+        bad = sorted(set(expected.items()) ^ set(found.items()))[:2]
+        raise DiffuseError(f"ckpt={path}: its '{prefix}*' weights do not fit the model its config describes "
+                           f"(first differences: {bad})")
+    model = model.to_empty(device="cpu")
+    load_weights(model, tensors, prefix, str(path))
+    return model.eval(), schedule, parameterization, shape, int(metadata["step"]), resolved
 
 
 def build_sample(cfg: DictConfig, out_dir: str) -> Run:
     if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt is None:
         raise DiffuseError("ckpt is required: ckpt=PATH to a .safetensors checkpoint or a training run directory")
-    path = resolve_checkpoint(cfg.ckpt)
-    tensors, metadata = load_checkpoint(path)
-    trained = metadata_config(metadata)
-    try:
-        model_node, schedule_node, shape = trained["model"], trained["schedule"], tuple(trained["dataset_shape"])
-    except (KeyError, TypeError):
-        raise DiffuseError(f"ckpt={cfg.ckpt}: its config lacks model, schedule or dataset_shape") from None
-    if cfg.weights not in ("ema", "raw"):
-        raise DiffuseError(f"weights must be ema or raw, got {cfg.weights!r}")
-    model, schedule = build(model_node), build(schedule_node)
-    load_weights(model, tensors, "ema." if cfg.weights == "ema" else "model.", str(cfg.ckpt))
+    model, schedule, parameterization, shape, step, path = load_model(cfg.ckpt, cfg.weights)
+    check_schedule(parameterization, schedule.terminal_snr)
     sampler = build(cfg.sampler)
     check_sampler(sampler, schedule, cfg.steps, shape)
     device = resolve_device(cfg.device)
     config = OmegaConf.to_container(cfg, resolve=True)
-    return Run(model=model.to(device), schedule=schedule, parameterization=check_parameterization(metadata["parameterization"]),
-               sampler=sampler, shape=shape, device=device, out_dir=Path(out_dir), seed=int(cfg.seed), config=config,
-               checkpoint=path, step=int(metadata["step"]))
+    return Run(model=model.to(device), schedule=schedule, parameterization=parameterization, sampler=sampler,
+               shape=shape, device=device, out_dir=Path(out_dir), seed=int(cfg.seed), config=config,
+               checkpoint=path, step=step)

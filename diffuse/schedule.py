@@ -135,6 +135,16 @@ def karras_timesteps(schedule: Schedule, steps: int, rho: float = 7.0) -> list[f
     return [float(schedule.T - 1)] + [float(t) for t in inner] + [0.0]
 
 
+MAX_T = 100_000
+
+
+def check_T(T: int) -> int:
+    """Schedules are tables of T entries: a bounded, positive integer."""
+    if not isinstance(T, int) or isinstance(T, bool) or not 2 <= T <= MAX_T:
+        raise DiffuseError(f"schedule T must be an integer in 2..{MAX_T}, got {T!r}")
+    return T
+
+
 def from_betas(betas: Tensor, name: str, zero_terminal_snr: bool = False) -> Schedule:
     """abar_t = prod_{s<=t} (1 - beta_s) (DDPM, below eq. 4), optionally rescaled to zero terminal SNR."""
     abar = torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0)

@@ -7,6 +7,8 @@ import copy
 import csv
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +16,14 @@ from pathlib import Path
 import torch
 
 from diffuse import DiffuseError
-from diffuse.checkpoint import LAST, checkpoint_metadata, save_checkpoint, state_tensors
+from diffuse.checkpoint import LAST, checkpoint_metadata, load_weights, prune_checkpoints, save_checkpoint, state_tensors
 from diffuse.data import BatchIterator
 from diffuse.denoiser import ModelDenoiser
 from diffuse.ema import ema_decay, ema_update
 from diffuse.images import grid, save_png
 from diffuse.loss import diffusion_loss
 from diffuse.sample import generate
+from diffuse.train_state import STATE_KEY, encode, optimizer_tensors, restore_optimizer, restore_rng, rng_tensors
 from diffuse.ui import interactive, progress_bar
 
 log = logging.getLogger(__name__)
@@ -42,12 +45,15 @@ class TrainOptions:
     sample_n: int = 64  # images in each grid (fixed noise)
     sample_steps: int = 50  # sampler steps for the grids
     ckpt_every: int = 5000  # a step_N checkpoint every N steps (0 = only last)
+    keep_last: int = 3  # step_N checkpoints kept (0 = all), besides milestones
+    milestone_every: int = 0  # step_N checkpoints at multiples of this are never deleted (0 = none)
+    nonfinite: str = "stop"  # a NaN/inf loss: stop (keep the last good checkpoint) | skip (drop that update)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "sample_n", "sample_steps"):
             if getattr(self, name) < 1:
                 raise DiffuseError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "sample_every", "ckpt_every", "grad_clip"):
+        for name in ("warmup", "sample_every", "ckpt_every", "grad_clip", "keep_last", "milestone_every"):
             if getattr(self, name) < 0:
                 raise DiffuseError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -56,6 +62,37 @@ class TrainOptions:
             raise DiffuseError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.precision not in ("fp32", "bf16"):
             raise DiffuseError(f"train.precision must be fp32 or bf16, got {self.precision!r}")
+        if self.nonfinite not in ("stop", "skip"):
+            raise DiffuseError(f"train.nonfinite must be stop or skip, got {self.nonfinite!r}")
+
+
+class TrainingInterrupted(DiffuseError):
+    """SIGINT or SIGTERM: the step finished and a checkpoint was written."""
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked between steps; a second signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._saved: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("%s received: finishing this step, then saving a checkpoint (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
 
 
 def lr_at(step: int, opts: TrainOptions) -> float:
@@ -64,75 +101,113 @@ def lr_at(step: int, opts: TrainOptions) -> float:
 
 
 def train(run, opts: TrainOptions) -> Path:
-    """Train run.model on run.dataset; returns the path of the last checkpoint."""
-    out = Path(run.out_dir)
+    """Train run.model on run.dataset (resuming from run.resume when set); returns the last checkpoint's path."""
+    out, ckpt_dir = Path(run.out_dir), Path(run.out_dir) / "checkpoints"
     device, schedule = run.device, run.schedule
     model = run.model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)  # the weights we sample from
     optimizer = run.optimizer(model.parameters(), lr=lr_at(1, opts))
+    generator = torch.Generator(device).manual_seed(run.seed)  # timesteps and noise
+    batches = BatchIterator(run.dataset, opts.batch_size, device, run.seed)
+    start, skipped = 0, 0
+    if run.resume is not None:
+        tensors, state, source = run.resume
+        load_weights(model, tensors, "model.", source)
+        load_weights(ema, tensors, "ema.", source)
+        restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
+                          state["param_groups"])
+        restore_rng(generator, tensors)
+        batches.seek(state["epoch"], state["position"])
+        start, skipped = state["step"], state.get("nonfinite_skipped", 0)
+        if start >= opts.steps:
+            raise DiffuseError(f"resume={source}: the checkpoint is at step {start} and train.steps={opts.steps}; "
+                               f"raise train.steps to train further")
+        log.info("resumed from %s at step %d", source, start)
     forward = torch.compile(model) if opts.compile else model
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if opts.precision == "bf16"
                 else contextlib.nullcontext())
-    generator = torch.Generator(device).manual_seed(run.seed)  # timesteps and noise
-    batches = BatchIterator(run.dataset, opts.batch_size, device, run.seed)
     abar_table = schedule.abar.to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("training %s (%.2fM parameters) on %s, %s, %d steps of %d images -> %s", type(model).__name__,
-             n_params / 1e6, device, opts.precision, opts.steps, opts.batch_size, out)
+    log.info("training %s (%.2fM parameters) on %s, %s, steps %d..%d of %d images -> %s", type(model).__name__,
+             sum(p.numel() for p in model.parameters()) / 1e6, device, opts.precision, start + 1, opts.steps,
+             opts.batch_size, out)
 
-    metrics = open(out / "metrics.csv", "w", newline="")
+    def save(step: int) -> Path:
+        optim, groups = optimizer_tensors(optimizer)
+        tensors = {**state_tensors(ema, "ema."), **state_tensors(model, "model."), **optim, **rng_tensors(generator)}
+        if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
+            raise DiffuseError(f"non-finite weights at step {step}: not overwriting the last good checkpoint in "
+                               f"{ckpt_dir}; lower train.lr (now {opts.lr}) or use train.precision=fp32")
+        meta = checkpoint_metadata(step, run.parameterization, run.config)
+        meta[STATE_KEY] = encode(step, batches.epoch, batches.position, groups, skipped)
+        paths = [ckpt_dir / LAST]
+        if opts.ckpt_every and step % opts.ckpt_every == 0:
+            paths.insert(0, ckpt_dir / f"step_{step:07d}.safetensors")
+        save_checkpoint(paths, tensors, meta)
+        prune_checkpoints(ckpt_dir, opts.keep_last, opts.milestone_every)
+        return paths[-1]
+
+    metrics = open(out / "metrics.csv", "a" if start else "w", newline="")  # a resume into its own dir appends
     writer = csv.writer(metrics)
-    writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
+    if metrics.tell() == 0:
+        writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
     loss_sum, loss_count = torch.zeros((), device=device), 0
     t_start = t_last = time.perf_counter()
-    with metrics, progress_bar("training", opts.steps, interactive()) as bar:
-        for step in range(1, opts.steps + 1):
+    with metrics, progress_bar("training", opts.steps, interactive()) as bar, StopRequest() as stop:
+        for step in range(start + 1, opts.steps + 1):
             lr = lr_at(step, opts)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x0, _ = next(batches)  # (B,C,H,W) in [-1, 1]
             with autocast:
                 loss = diffusion_loss(forward, schedule, x0, run.parameterization, generator, abar_table)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if opts.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-            optimizer.step()
-            ema_update(ema, model, ema_decay(step, opts.ema_decay, opts.ema_warmup))
-            loss_sum += loss.detach()  # no host sync until a log step
-            loss_count += 1
-
-            if step % opts.log_every == 0 or step == opts.steps:
-                now = time.perf_counter()
-                mean_loss = (loss_sum / loss_count).item()
-                if not math.isfinite(mean_loss):
-                    raise DiffuseError(f"the loss became {mean_loss} by step {step}; lower train.lr "
-                                       f"(now {opts.lr}) or use train.precision=fp32")
-                ips = loss_count * opts.batch_size / (now - t_last)
-                writer.writerow([step, f"{mean_loss:.6f}", f"{lr:.3e}", f"{ips:.1f}", f"{now - t_start:.2f}"])
-                metrics.flush()
-                log.info("step %d/%d  loss %.4f  lr %.2e  %.1f images/s", step, opts.steps, mean_loss, lr, ips)
-                bar.update(step, loss=f"{mean_loss:.4f}", speed=f"{loss_count / (now - t_last):.2f} it/s")
-                loss_sum.zero_()
-                loss_count, t_last = 0, now
+            if opts.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # one host sync a step, in this mode only
+                skipped += 1
+                log.warning("step %d: non-finite loss %s, update skipped (%d so far)", step, loss.item(), skipped)
             else:
-                bar.update(step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if opts.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+                optimizer.step()
+                ema_update(ema, model, ema_decay(step, opts.ema_decay, opts.ema_warmup))
+                loss_sum += loss.detach()  # no host sync until a log step
+                loss_count += 1
 
             last = step == opts.steps
+            checkpoint = last or stop.signal is not None or (opts.ckpt_every and step % opts.ckpt_every == 0)
+            if step % opts.log_every == 0 or last or checkpoint:
+                now = time.perf_counter()
+                mean_loss = (loss_sum / max(loss_count, 1)).item()
+                if not math.isfinite(mean_loss):
+                    kept = (f"the last good checkpoint is {ckpt_dir / LAST}" if (ckpt_dir / LAST).exists()
+                            else "no checkpoint had been written yet")
+                    raise DiffuseError(f"the loss became {mean_loss} by step {step}; {kept}. Lower train.lr (now "
+                                       f"{opts.lr}), use train.precision=fp32, or train.nonfinite=skip")
+                if step % opts.log_every == 0 or last:
+                    ips = loss_count * opts.batch_size / (now - t_last)
+                    writer.writerow([step, f"{mean_loss:.6f}", f"{lr:.3e}", f"{ips:.1f}", f"{now - t_start:.2f}"])
+                    metrics.flush()
+                    log.info("step %d/%d  loss %.4f  lr %.2e  %.1f images/s", step, opts.steps, mean_loss, lr, ips)
+                    bar.update(step, loss=f"{mean_loss:.4f}", speed=f"{loss_count / (now - t_last):.2f} it/s")
+                    loss_sum.zero_()
+                    loss_count, t_last = 0, now
+            bar.update(step)
+
             if last or (opts.sample_every and step % opts.sample_every == 0):
                 images = generate(ModelDenoiser(ema, schedule, run.parameterization, opts.precision), schedule,
                                   run.sampler, run.shape, n=opts.sample_n, batch_size=opts.sample_n,
                                   steps=opts.sample_steps, seed=run.seed, device=device)
                 save_png(grid(images), out / "samples" / f"step_{step:07d}.png")
                 t_last = time.perf_counter()  # sampling time is not training time
-            if last or (opts.ckpt_every and step % opts.ckpt_every == 0):
-                tensors = {**state_tensors(ema, "ema."), **state_tensors(model, "model.")}
-                meta = checkpoint_metadata(step, run.parameterization, run.config)
-                paths = [out / "checkpoints" / LAST]
-                if opts.ckpt_every and step % opts.ckpt_every == 0:
-                    paths.insert(0, out / "checkpoints" / f"step_{step:07d}.safetensors")
-                save_checkpoint(paths, tensors, meta)
+            if checkpoint:
+                path = save(step)
                 t_last = time.perf_counter()
-    log.info("done: %d steps in %.1f s; checkpoint %s", opts.steps, time.perf_counter() - t_start,
-             out / "checkpoints" / LAST)
-    return out / "checkpoints" / LAST
+            if stop.signal is not None and not last:
+                raise TrainingInterrupted(
+                    f"stopped by {signal.Signals(stop.signal).name} after step {step}; checkpoint {path}. "
+                    f"Resume with: {run.resume_command}")
+    log.info("done: steps %d..%d in %.1f s; checkpoint %s", start + 1, opts.steps, time.perf_counter() - t_start,
+             ckpt_dir / LAST)
+    if skipped:
+        log.warning("%d updates were skipped for non-finite losses", skipped)
+    return ckpt_dir / LAST

@@ -24,6 +24,10 @@ class UNet(nn.Module):
     ):
         super().__init__()
         levels = len(channel_mult)
+        if not (1 <= channels <= 4096 and 1 <= levels <= 8 and 0 <= num_res_blocks <= 16
+                and all(1 <= m <= 64 for m in channel_mult) and 1 <= in_channels <= 4):
+            raise ValueError(f"UNet sizes out of range: channels {channels} (1..4096), channel_mult {list(channel_mult)} "
+                             f"(1..8 levels of 1..64), num_res_blocks {num_res_blocks} (0..16), in_channels {in_channels}")
         if any(not 0 <= a < levels for a in attention_levels):
             raise ValueError(f"attention_levels {list(attention_levels)} must lie in 0..{levels - 1}")
         emb_dim = 4 * channels

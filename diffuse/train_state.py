@@ -1,0 +1,75 @@
+"""Training state for exact resume, as safetensors tensors plus JSON: optimizer, RNG states, data order."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import Tensor
+
+from diffuse import DiffuseError
+
+STATE_KEY = "train_state"  # the metadata entry that holds the JSON part
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
+    """Flatten optimizer.state_dict(): tensors as `optim.<param>.<name>`, param_groups (and scalars) as JSON."""
+    state = optimizer.state_dict()
+    tensors, groups = {}, []
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if not torch.is_tensor(value):
+                raise DiffuseError(f"optimizer state {name!r} is not a tensor; cannot save it without pickle")
+            tensors[f"optim.{index}.{name}"] = value.detach().cpu().contiguous()
+    for group in state["param_groups"]:
+        groups.append({k: list(v) if isinstance(v, tuple) else v for k, v in group.items()})
+    return tensors, groups
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in groups]
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise DiffuseError(f"the checkpoint's optimizer state does not fit this optimizer ({e})") from None
+
+
+def rng_tensors(generator: torch.Generator) -> dict[str, Tensor]:
+    """The training generator (timesteps, noise) and the global RNG (dropout), as uint8 tensors."""
+    tensors = {"rng.train": generator.get_state(), "rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    return tensors
+
+
+def restore_rng(generator: torch.Generator, tensors: dict[str, Tensor]) -> None:
+    try:
+        generator.set_state(tensors["rng.train"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+    except (KeyError, RuntimeError) as e:
+        raise DiffuseError(f"the checkpoint's RNG state is missing or damaged ({e})") from None
+
+
+def encode(step: int, epoch: int, position: int, groups: list[dict], skipped: int) -> str:
+    return json.dumps({"step": step, "epoch": epoch, "position": position, "param_groups": groups,
+                       "nonfinite_skipped": skipped})
+
+
+def decode(metadata: dict[str, str], source: str) -> dict:
+    if STATE_KEY not in metadata:
+        raise DiffuseError(f"resume={source}: the checkpoint holds no training state (it was written for sampling only)")
+    try:
+        state = json.loads(metadata[STATE_KEY])
+        for key, kind in (("step", int), ("epoch", int), ("position", int), ("param_groups", list)):
+            if not isinstance(state[key], kind):
+                raise TypeError(f"{key} is not {kind.__name__}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise DiffuseError(f"resume={source}: damaged training state ({e})") from None
+    return state

@@ -1,0 +1,274 @@
+"""Nothing lost, nothing executed: exact resume, signals, kills mid-save, full disks, hostile checkpoints."""
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from conftest import DATA_ROOT, TINY_TRAIN, run_cli
+from diffuse import DiffuseError
+from diffuse import checkpoint as ckpt
+from diffuse.checkpoint import FORMAT, load_checkpoint, prune_checkpoints, save_checkpoint
+from diffuse.run import load_model
+
+EXACT = (*TINY_TRAIN, "train.precision=fp32", "train.sample_every=0", "model.dropout=0.1")
+
+
+def weights(run_dir: Path) -> dict:
+    return load_file(run_dir / "checkpoints" / "last.safetensors")
+
+
+def test_resume_is_bitwise_identical_to_an_unbroken_run(tmp_path, data_root):
+    run_cli("train", *EXACT, "train.steps=8", "hydra.run.dir=straight", cwd=tmp_path)
+    run_cli("train", *EXACT, "train.steps=5", "hydra.run.dir=first", cwd=tmp_path)
+    run_cli("train", *EXACT, "train.steps=8", f"resume={tmp_path / 'first'}", "hydra.run.dir=second", cwd=tmp_path)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "second")
+    assert sorted(a) == sorted(b) and any(k.startswith("optim.") for k in a)
+    for key in a:  # model, EMA, optimizer moments and step counts, RNG states
+        assert torch.equal(a[key], b[key]), key
+    rows = (tmp_path / "second" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and rows[1].startswith("6,")
+
+
+def test_resume_latest_finds_the_newest_run_of_the_same_experiment(tmp_path, data_root):
+    run_cli("train", *TINY_TRAIN, "train.steps=3", cwd=tmp_path)
+    proc = run_cli("train", *TINY_TRAIN, "train.steps=5", "resume=latest", cwd=tmp_path)
+    assert "resumed from" in proc.stdout + proc.stderr
+    line = run_cli("train", *TINY_TRAIN, "experiment=mnist_cpu", "resume=latest", cwd=tmp_path, check=False).stderr
+    assert "no training run of experiment 'mnist_cpu'" in line
+
+
+def test_resume_refuses_a_finished_run_and_a_sampling_only_file(tmp_path, data_root):
+    run_cli("train", *TINY_TRAIN, "train.steps=3", "hydra.run.dir=done", cwd=tmp_path)
+    proc = run_cli("train", *TINY_TRAIN, "train.steps=3", f"resume={tmp_path / 'done'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "raise train.steps" in proc.stderr
+    tensors, meta = load_checkpoint(tmp_path / "done")
+    del meta["train_state"]
+    save_file({k: v for k, v in tensors.items() if k.startswith("ema.")}, tmp_path / "slim.safetensors", meta)
+    proc = run_cli("train", *TINY_TRAIN, f"resume={tmp_path / 'slim.safetensors'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "holds no training state" in proc.stderr
+
+
+def start_training(cwd: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "DIFFUSE_DATA_ROOT": str(DATA_ROOT)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([sys.executable, "-m", "diffuse", "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_finishes_the_step_saves_and_names_the_resume_command(tmp_path, data_root, sig):
+    proc = start_training(tmp_path, *TINY_TRAIN, "train.steps=100000", "train.ckpt_every=0", "train.log_every=1",
+                          "hydra.run.dir=run")
+    wait_for(tmp_path / "run" / "metrics.csv", proc)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    message = err.strip().splitlines()[-1]
+    assert f"stopped by {sig.name}" in message and f"resume={tmp_path / 'run'}" in message
+    _, meta = load_checkpoint(tmp_path / "run")
+    assert 0 < int(meta["step"]) < 100000
+    resume = message.split("Resume with: ")[1].split()
+    assert resume[0:2] == ["diffuse", "train"] and "train.steps=100000" in resume
+
+
+def test_kills_at_random_moments_never_leave_a_bad_checkpoint(tmp_path, data_root):
+    """SIGKILL a training process 20 times while it saves every step; each run resumes from the last."""
+    rng = random.Random(0)
+    previous = None
+    for i in range(20):
+        args = [*TINY_TRAIN, "train.steps=100000", "train.ckpt_every=1", "train.keep_last=2", "train.log_every=1000",
+                f"hydra.run.dir=k{i}"] + ([f"resume={previous}"] if previous else [])
+        proc = start_training(tmp_path, *args)
+        wait_for(tmp_path / f"k{i}" / "checkpoints" / "last.safetensors", proc)
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.kill()
+        proc.wait()
+        files = sorted((tmp_path / f"k{i}" / "checkpoints").glob("*.safetensors"))
+        assert files and all(load_checkpoint(f) for f in files)  # every checkpoint left loads
+        previous = tmp_path / f"k{i}"
+    _, meta = load_checkpoint(previous)
+    assert int(meta["step"]) > 20  # the chain of resumes kept making progress
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.safetensors"
+    meta = {"format": FORMAT, "step": "1", "config": "{}", "parameterization": "eps"}
+    save_checkpoint([path], {"w": torch.ones(3)}, meta)
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt.os, "fsync", no_space)
+    with pytest.raises(DiffuseError, match="No space left on device.*previous one there is intact"):
+        save_checkpoint([path], {"w": torch.zeros(3)}, {**meta, "step": "2"})
+    monkeypatch.undo()
+    assert torch.equal(load_file(path)["w"], torch.ones(3))
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_pruning_keeps_the_last_k_and_the_milestones(tmp_path):
+    for step in range(1, 11):
+        (tmp_path / f"step_{step:07d}.safetensors").write_bytes(b"x")
+    prune_checkpoints(tmp_path, keep_last=3, milestone_every=4)
+    assert sorted(int(p.stem[5:]) for p in tmp_path.iterdir()) == [4, 8, 9, 10]
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root):
+    proc = run_cli("train", *TINY_TRAIN, "train.steps=40", "train.lr=1e30", "train.grad_clip=0", "train.warmup=0",
+                   "hydra.run.dir=nan", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no checkpoint had been written yet" in proc.stderr  # it blows up at once
+    # a healthy run first, then the blow-up on resume: the good checkpoint stays as it was
+    run_cli("train", *TINY_TRAIN, "train.steps=3", "hydra.run.dir=good", cwd=tmp_path)
+    before = (tmp_path / "good" / "checkpoints" / "last.safetensors").read_bytes()
+    proc = run_cli("train", *TINY_TRAIN, "train.steps=40", "train.lr=1e30", "train.grad_clip=0", "train.warmup=0",
+                   f"resume={tmp_path / 'good'}", f"hydra.run.dir={tmp_path / 'good'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "the last good checkpoint is" in proc.stderr or "non-finite weights" in proc.stderr
+    assert (tmp_path / "good" / "checkpoints" / "last.safetensors").read_bytes() == before
+
+
+def test_nonfinite_skip_mode_counts_and_continues(tmp_path, data_root):
+    proc = run_cli("train", *TINY_TRAIN, "train.steps=4", "train.nonfinite=skip", "train.lr=1e30",
+                   "train.grad_clip=0", "train.warmup=0", "hydra.run.dir=skip", cwd=tmp_path, check=False)
+    # the first update blows the weights up to ~1e30; every later loss overflows and is skipped, counted
+    assert "update skipped" in proc.stdout + proc.stderr, proc.stderr
+    assert "updates were skipped for non-finite losses" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- hostile and damaged files
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory, data_root) -> Path:
+    cwd = tmp_path_factory.mktemp("good")
+    run_cli("train", *TINY_TRAIN, "train.steps=2", "hydra.run.dir=run", cwd=cwd)
+    return cwd / "run" / "checkpoints" / "last.safetensors"
+
+
+def rewrite(src: Path, dst: Path, edit) -> Path:
+    tensors, meta = load_checkpoint(src)
+    config = json.loads(meta["config"])
+    tensors, meta, config = edit(tensors, meta, config) or (tensors, meta, config)
+    save_file(tensors, dst, {**meta, "config": json.dumps(config)})
+    return dst
+
+
+@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "diffuse.cli.os.system", "subprocess.Popen"])
+def test_a_crafted_target_is_refused_and_nothing_runs(good_checkpoint, tmp_path, target):
+    marker = tmp_path / "pwned"
+
+    def edit(tensors, meta, config):
+        config["model"] = {"_target_": target, "command": f"touch {marker}", "args": ["touch", str(marker)]}
+        return tensors, meta, config
+
+    bad = rewrite(good_checkpoint, tmp_path / "bad.safetensors", edit)
+    line = run_cli("sample", f"ckpt={bad}", "steps=2", cwd=tmp_path, check=False).stderr.strip()
+    assert ("is not allowed" in line or "does not exist" in line) and len(line.splitlines()) == 1, line
+    assert not marker.exists()
+
+
+def _other_model(tensors, meta, config):
+    config["model"]["channels"] = 32
+    return tensors, meta, config
+
+
+def _wrong_shape(tensors, meta, config):
+    key = next(k for k in tensors if k.startswith("ema."))
+    tensors[key] = torch.zeros(3, 3)
+    return tensors, meta, config
+
+
+def _wrong_format(tensors, meta, config):
+    meta["format"] = "someone-else/3"
+    return tensors, meta, config
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("empty", "not a readable safetensors file"),
+    ("truncated", "not a readable safetensors file"),
+    ("random", "not a readable safetensors file"),
+    ("pickle", "not a readable safetensors file"),
+    ("other_model", "do not fit the model"),
+    ("wrong_shape", "do not fit the model"),
+    ("wrong_format", "not a diffuse checkpoint"),
+])
+def test_damaged_checkpoints_give_one_clear_line(good_checkpoint, tmp_path, case, expected):
+    path = tmp_path / f"{case}.safetensors"
+    data = good_checkpoint.read_bytes()
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "random":
+        path.write_bytes(random.Random(0).randbytes(4096))
+    elif case == "pickle":
+        path.write_bytes(b"\x80\x04\x95" + b"cos\nsystem\n(S'touch pwned'\ntR." * 3)
+    else:
+        rewrite(good_checkpoint, path, {"other_model": _other_model, "wrong_shape": _wrong_shape,
+                                        "wrong_format": _wrong_format}[case])
+    proc = run_cli("sample", f"ckpt={path}", "steps=2", cwd=tmp_path, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_checkpoint_bytes_give_a_clean_error_or_a_model(good_checkpoint, tmp_path, data):
+    raw = bytearray(good_checkpoint.read_bytes())
+    header = int.from_bytes(raw[:8], "little") + 8  # mutate mostly the 8-byte length and the JSON header
+    for _ in range(data.draw(st.integers(1, 8))):
+        kind = data.draw(st.sampled_from(["flip", "byte", "cut", "insert"]))
+        at = data.draw(st.integers(0, max(0, min(len(raw), header + 64) - 1)))
+        if kind == "flip" and raw:
+            raw[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "byte" and raw:
+            raw[at] = data.draw(st.integers(0, 255))
+        elif kind == "cut":
+            del raw[at: at + data.draw(st.integers(1, 64))]
+        else:
+            raw[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+    path = tmp_path / "fuzzed.safetensors"
+    path.write_bytes(bytes(raw))
+    try:
+        model, *_ = load_model(path)
+    except DiffuseError:
+        return
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_no_pickle_in_the_package():
+    root = Path(__file__).resolve().parents[1] / "diffuse"
+    for f in root.rglob("*.py"):
+        text = f.read_text()
+        for banned in ("torch.load(", "torch.save(", "import pickle", "pickle.load"):
+            assert banned not in text, f"{f}: {banned}"
+
+
+def test_an_unwritable_output_folder_is_one_line(tmp_path, data_root):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = run_cli("train", *TINY_TRAIN, f"hydra.run.dir={blocker}/run", cwd=tmp_path, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot write" in lines[0], proc.stderr
