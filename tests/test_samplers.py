@@ -112,6 +112,17 @@ def test_ddim_eta1_over_all_steps_equals_ddpm():
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_euler_ancestral_with_eta_one_is_ddpm():
+    """In sigma = sigma_t/alpha_t the DDPM posterior is N(x0 + s_next^2/s eps, s_next^2 (1 - s_next^2/s^2)):
+    exactly k-diffusion's sigma_down and sigma_up, so the two samplers agree draw for draw."""
+    schedule = linear()
+    denoise = MIXTURE.denoiser(schedule)
+    x_T = torch.randn(16, 1, 2, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    a = euler_ancestral(denoise, schedule, x_T, steps=25, eta=1.0, generator=torch.Generator().manual_seed(9))
+    b = ddpm(denoise, schedule, x_T, steps=25, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("spacing", SPACINGS)
 def test_euler_is_ddim_with_eta_zero_and_euler_ancestral_with_eta_zero(spacing):
     schedule = cosine()
