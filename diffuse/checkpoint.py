@@ -106,6 +106,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     return tensors, metadata
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """A checkpoint's metadata alone (the tensors are not read)."""
+    p = resolve_checkpoint(path)
+    try:
+        with safe_open(os.fspath(p), framework="pt", device="cpu") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DiffuseError(f"ckpt={path}: not a readable safetensors file ({e})") from None
+
+
 def metadata_config(metadata: dict[str, str]) -> dict:
     config = json.loads(metadata["config"])
     if not isinstance(config, dict):

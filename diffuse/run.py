@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from diffuse import DiffuseError
-from diffuse.checkpoint import load_checkpoint, load_weights, metadata_config, resolve_checkpoint
 from diffuse import train_state
+from diffuse.checkpoint import load_checkpoint, load_weights, metadata_config, read_metadata, resolve_checkpoint
 from diffuse.data import ImageData
 from diffuse.parameterization import check as check_parameterization, check_schedule
 from diffuse.schedule import Schedule
@@ -53,13 +53,14 @@ def locate(target: str) -> Callable:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError):
         raise DiffuseError(f"_target_ {target!r} does not exist") from None
-    # the object itself must be defined there: `diffuse.some_module.os.system` is refused
-    if not (callable(obj) and getattr(obj, "__module__", "").startswith(tuple(m.rstrip(".") for m in ALLOWED_MODULES))):
+    # the object itself must be defined there: a name re-exported from elsewhere (an imported `os`) is refused
+    module = getattr(obj, "__module__", None) or ""
+    if not (callable(obj) and any(module == m.rstrip(".") or module.startswith(m) for m in ALLOWED_MODULES)):
         raise DiffuseError(f"_target_ {target!r} is not allowed: it resolves outside {', '.join(ALLOWED_MODULES)}")
     return obj
 
 
-def build(node: dict | DictConfig, **extra: Any) -> Any:
+def build(node: dict | DictConfig) -> Any:
     """Instantiate one config node: `_target_` through the allow-list, `_partial_` gives a functools.partial."""
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)
@@ -69,7 +70,6 @@ def build(node: dict | DictConfig, **extra: Any) -> Any:
     if any(isinstance(v, dict) and "_target_" in v for v in kwargs.values()):
         raise DiffuseError(f"nested _target_ nodes are not supported in {node['_target_']}")
     fn = locate(node["_target_"])
-    kwargs.update(extra)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     if node.get("_partial_", False):
         return functools.partial(fn, **kwargs)
@@ -124,10 +124,9 @@ def find_latest(runs_root: Path, experiment: str | None) -> Path:
     same = []
     for run_dir in found:
         try:
-            _, metadata = load_checkpoint(run_dir)
-            if metadata_config(metadata).get("experiment") == experiment:
+            if metadata_config(read_metadata(run_dir)).get("experiment") == experiment:
                 same.append(run_dir)
-        except DiffuseError:
+        except (DiffuseError, KeyError, ValueError):
             continue  # an unreadable run is not a candidate
     if not same:
         raise DiffuseError(f"resume=latest: no training run of experiment {experiment!r} with a checkpoint under "

@@ -1,4 +1,4 @@
-"""The terminal: rich progress bars when attached to a terminal, tables. The only module that imports rich."""
+"""The terminal: rich progress bars when attached to a terminal. The only module that imports rich."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 console = Console(stderr=True)
 
@@ -49,9 +48,3 @@ def progress_bar(description: str, total: int, enabled: bool) -> Iterator[Bar]:
             for h, stream in zip(handlers, saved):
                 h.setStream(stream)
 
-
-def print_table(title: str, rows: dict[str, object]) -> None:
-    table = Table(title=title, show_header=False)
-    for k, v in rows.items():
-        table.add_row(k, str(v))
-    console.print(table)
