@@ -63,9 +63,9 @@ def prune_checkpoints(folder: Path, keep_last: int, milestone_every: int) -> lis
     """Delete all but the newest `keep_last` step_N checkpoints, keeping milestones (N % milestone_every == 0)."""
     if keep_last <= 0:
         return []
-    steps = sorted(folder.glob("step_*.safetensors"))
-    doomed = [p for p in steps[:-keep_last]
-              if not (milestone_every and int(p.stem.split("_")[1]) % milestone_every == 0)]
+    numbered = [(int(p.stem[5:]), p) for p in folder.glob("step_*.safetensors") if p.stem[5:].isdigit()]
+    numbered.sort()  # by step number: names sort wrongly past 9,999,999
+    doomed = [p for step, p in numbered[:-keep_last] if not (milestone_every and step % milestone_every == 0)]
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
@@ -73,6 +73,8 @@ def prune_checkpoints(folder: Path, keep_last: int, milestone_every: int) -> lis
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint file, or a training run directory (its checkpoints/last.safetensors)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise DiffuseError(f"ckpt={path!r}: expected a path to a .safetensors file or a training run directory")
     p = Path(path).expanduser().resolve()
     if p.is_dir():
         for candidate in (p / "checkpoints" / LAST, p / LAST):
@@ -101,7 +103,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     try:
         metadata_config(metadata)
         int(metadata["step"])
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, RecursionError) as e:
         raise DiffuseError(f"ckpt={path}: damaged metadata ({e})") from None
     return tensors, metadata
 
@@ -117,7 +119,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def metadata_config(metadata: dict[str, str]) -> dict:
-    config = json.loads(metadata["config"])
+    try:
+        config = json.loads(metadata["config"])
+    except RecursionError:
+        raise ValueError("config JSON nests too deeply") from None
     if not isinstance(config, dict):
         raise ValueError("config is not a JSON object")
     return config

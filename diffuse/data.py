@@ -33,8 +33,8 @@ def reshape_images(images: Tensor, channels: int, image_size: int) -> Tensor:
     c = images.shape[1]
     if channels not in (1, 3):
         raise DiffuseError(f"dataset.channels must be 1 or 3, got {channels}")
-    if image_size < 8:
-        raise DiffuseError(f"dataset.image_size must be >= 8, got {image_size}")
+    if not 8 <= image_size <= 1024:
+        raise DiffuseError(f"dataset.image_size must be in 8..1024, got {image_size}")
     if c != channels:
         if c == 1:
             images = images.expand(-1, 3, -1, -1)

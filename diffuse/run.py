@@ -21,6 +21,9 @@ from diffuse.parameterization import check as check_parameterization, check_sche
 from diffuse.schedule import Schedule
 
 ALLOWED_MODULES = ("diffuse.", "torch.optim.")  # where a `_target_` may point: configs come back out of files
+# and, narrower, where each kind of node may point
+MODELS, SCHEDULES, DATASETS, SAMPLERS, OPTIMIZERS = (("diffuse.models.",), ("diffuse.schedules.",),
+                                                      ("diffuse.datasets.",), ("diffuse.samplers.",), ("torch.optim.",))
 
 
 @dataclass(eq=False)
@@ -44,10 +47,12 @@ class Run:
     resume_command: str = ""  # training only: the command line that continues this run
 
 
-def locate(target: str) -> Callable:
-    """Import `target` ("pkg.module.name") and check it is defined in an allowed module."""
-    if not isinstance(target, str) or not target.startswith(ALLOWED_MODULES):
-        raise DiffuseError(f"_target_ {target!r} is not allowed: targets must lie under {', '.join(ALLOWED_MODULES)}")
+def locate(target: str, under: tuple[str, ...] = ALLOWED_MODULES) -> Callable:
+    """Import `target` ("pkg.module.name") and check it is a public callable defined under `under`."""
+    if (not isinstance(target, str) or not target.startswith(under)
+            or any(part.startswith("_") or not part.isidentifier() for part in target.split("."))):
+        raise DiffuseError(f"_target_ {target!r} is not allowed here: targets must be public names under "
+                           f"{', '.join(under)}")
     module_name, _, attr = target.rpartition(".")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
@@ -55,13 +60,14 @@ def locate(target: str) -> Callable:
         raise DiffuseError(f"_target_ {target!r} does not exist") from None
     # the object itself must be defined there: a name re-exported from elsewhere (an imported `os`) is refused
     module = getattr(obj, "__module__", None) or ""
-    if not (callable(obj) and any(module == m.rstrip(".") or module.startswith(m) for m in ALLOWED_MODULES)):
-        raise DiffuseError(f"_target_ {target!r} is not allowed: it resolves outside {', '.join(ALLOWED_MODULES)}")
+    if not (callable(obj) and any(module == m.rstrip(".") or module.startswith(m) for m in under)):
+        raise DiffuseError(f"_target_ {target!r} is not allowed: it resolves outside {', '.join(under)}")
     return obj
 
 
-def build(node: dict | DictConfig) -> Any:
-    """Instantiate one config node: `_target_` through the allow-list, `_partial_` gives a functools.partial."""
+def build(node: dict | DictConfig, under: tuple[str, ...] = ALLOWED_MODULES, kind: type | None = None) -> Any:
+    """Instantiate one config node: `_target_` through the allow-list `under`, `_partial_` gives a
+    functools.partial; the result must be a `kind` when one is given. Any failure is a DiffuseError."""
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)
     if not isinstance(node, dict) or "_target_" not in node:
@@ -69,14 +75,19 @@ def build(node: dict | DictConfig) -> Any:
     kwargs = {k: v for k, v in node.items() if k not in ("_target_", "_partial_")}
     if any(isinstance(v, dict) and "_target_" in v for v in kwargs.values()):
         raise DiffuseError(f"nested _target_ nodes are not supported in {node['_target_']}")
-    fn = locate(node["_target_"])
+    fn = locate(node["_target_"], under)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     if node.get("_partial_", False):
         return functools.partial(fn, **kwargs)
     try:
-        return fn(**kwargs)
-    except (TypeError, ValueError, OverflowError) as e:  # bad arguments, e.g. from a config read out of a file
-        raise DiffuseError(f"{node['_target_']}: {e}") from None
+        obj = fn(**kwargs)
+    except DiffuseError:
+        raise
+    except Exception as e:  # bad arguments, e.g. from a config read out of a file: never a traceback
+        raise DiffuseError(f"{node['_target_']}: {type(e).__name__}: {e}") from None
+    if kind is not None and not isinstance(obj, kind):
+        raise DiffuseError(f"{node['_target_']} did not build a {kind.__name__}")
+    return obj
 
 
 def options(cls: type, node: dict | DictConfig, prefix: str) -> Any:
@@ -98,6 +109,8 @@ def options(cls: type, node: dict | DictConfig, prefix: str) -> Any:
 
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when present, else the CPU; an explicit device that is absent is an error."""
+    if not isinstance(name, str):
+        raise DiffuseError(f"device={name!r} is not a device; allowed: auto, cpu, cuda, cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -114,8 +127,18 @@ def resolve_device(name: str) -> torch.device:
 def check_sampler(sampler: Callable, schedule: Schedule, steps: int, shape: tuple[int, int, int]) -> None:
     """Run the sampler once on a constant denoiser so that bad settings fail now, not after training."""
     x = torch.zeros(1, *shape)
-    sampler(lambda x_t, t: (torch.zeros_like(x_t), torch.zeros_like(x_t)), schedule, x, steps=steps,
-            generator=torch.Generator().manual_seed(0))
+    try:
+        sampler(lambda x_t, t: (torch.zeros_like(x_t), torch.zeros_like(x_t)), schedule, x, steps=steps,
+                generator=torch.Generator().manual_seed(0))
+    except (TypeError, ValueError) as e:  # e.g. an unknown or mistyped sampler setting
+        name = getattr(getattr(sampler, "func", sampler), "__name__", "sampler")
+        raise DiffuseError(f"sampler {name}: bad settings ({e})") from None
+
+
+def check_seed(seed: Any) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**40:
+        raise DiffuseError(f"seed must be an integer in 0..2^40, got {seed!r}")
+    return seed
 
 
 def find_latest(runs_root: Path, experiment: str | None) -> Path:
@@ -150,21 +173,24 @@ def build_train(cfg: DictConfig, out_dir: str, experiment: str | None = None, ov
                 config[key] = trained[key]
         cfg = OmegaConf.create({**OmegaConf.to_container(cfg, resolve=True), **{k: config[k] for k in (
             "model", "schedule", "dataset", "optimizer", "parameterization", "seed")}})
-    torch.manual_seed(int(cfg.seed))  # weight init and dropout
-    dataset = build(cfg.dataset)
-    if not isinstance(dataset, ImageData):
-        raise DiffuseError(f"dataset {cfg.dataset._target_} did not return an ImageData")
-    schedule = build(cfg.schedule)
-    sampler = build(cfg.sampler)
-    check_sampler(sampler, schedule, cfg.train.sample_steps, dataset.shape)
+    torch.manual_seed(check_seed(cfg.seed))  # weight init and dropout
+    device = resolve_device(cfg.device)
+    schedule = build(cfg.schedule, SCHEDULES, Schedule)
+    sampler = build(cfg.sampler, SAMPLERS)
     check_schedule(check_parameterization(cfg.parameterization), schedule.terminal_snr)
-    optimizer = build(cfg.optimizer)
+    optimizer = build(cfg.optimizer, OPTIMIZERS)
+    try:  # bad optimizer settings fail now, not after the data set and the model are built
+        optimizer([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    except Exception as e:
+        raise DiffuseError(f"optimizer {cfg.optimizer._target_}: {type(e).__name__}: {e}") from None
+    dataset = build(cfg.dataset, DATASETS, ImageData)
+    check_sampler(sampler, schedule, cfg.train.sample_steps, dataset.shape)
     config["dataset_shape"] = list(dataset.shape)
     keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
     resume_command = " ".join(["diffuse train", f"resume={Path(out_dir).resolve()}", *keep])
-    return Run(model=build(cfg.model), schedule=schedule, parameterization=check_parameterization(cfg.parameterization),
-               sampler=sampler, shape=dataset.shape, device=resolve_device(cfg.device), out_dir=Path(out_dir),
-               seed=int(cfg.seed), config=config, dataset=dataset, optimizer=optimizer, resume=resume,
+    return Run(model=build(cfg.model, MODELS, nn.Module), schedule=schedule,
+               parameterization=check_parameterization(cfg.parameterization), sampler=sampler, shape=dataset.shape,
+               device=device, out_dir=Path(out_dir), seed=cfg.seed, config=config, dataset=dataset, optimizer=optimizer, resume=resume,
                resume_command=resume_command)
 
 
@@ -182,21 +208,27 @@ def load_model(path: str | Path, weights: str = "ema") -> tuple[nn.Module, Sched
     except (KeyError, TypeError):
         raise DiffuseError(f"ckpt={path}: its config lacks model, schedule or dataset_shape") from None
     if not (len(shape) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
-            and shape[0] in (1, 3) and all(8 <= v <= 4096 for v in shape[1:])):
-        raise DiffuseError(f"ckpt={path}: dataset_shape {list(shape)} is not (C in 1|3, H, W in 8..4096)")
+            and shape[0] in (1, 3) and all(8 <= v <= 1024 for v in shape[1:])):
+        raise DiffuseError(f"ckpt={path}: dataset_shape {list(shape)} is not (C in 1|3, H, W in 8..1024)")
     parameterization = check_parameterization(metadata.get("parameterization"))
-    schedule = build(schedule_node)
+    schedule = build(schedule_node, SCHEDULES, Schedule)
     prefix = "ema." if weights == "ema" else "model."
     with torch.device("meta"):
-        model = build(model_node)
-    if not isinstance(model, nn.Module):
-        raise DiffuseError(f"ckpt={path}: its model config does not build a network")
+        model = build(model_node, MODELS, nn.Module)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k[len(prefix):]: tuple(v.shape) for k, v in tensors.items() if k.startswith(prefix)}
     if expected != found:
         bad = sorted(set(expected.items()) ^ set(found.items()))[:2]
         raise DiffuseError(f"ckpt={path}: its '{prefix}*' weights do not fit the model its config describes "
                            f"(first differences: {bad})")
+    try:  # the network must take the images the file says it was trained on (meta tensors: no memory)
+        with torch.device("meta"), torch.no_grad():
+            out = model(torch.zeros(1, *shape), torch.zeros(1))
+        if tuple(out.shape) != (1, *shape):
+            raise ValueError(f"output shape {tuple(out.shape)}")
+    except Exception as e:
+        raise DiffuseError(f"ckpt={path}: its model does not map images of shape {list(shape)} to themselves "
+                           f"({type(e).__name__}: {str(e)[:200]})") from None
     model = model.to_empty(device="cpu")
     load_weights(model, tensors, prefix, str(path))
     return model.eval(), schedule, parameterization, shape, int(metadata["step"]), resolved
@@ -207,10 +239,11 @@ def build_sample(cfg: DictConfig, out_dir: str) -> Run:
         raise DiffuseError("ckpt is required: ckpt=PATH to a .safetensors checkpoint or a training run directory")
     model, schedule, parameterization, shape, step, path = load_model(cfg.ckpt, cfg.weights)
     check_schedule(parameterization, schedule.terminal_snr)
-    sampler = build(cfg.sampler)
+    sampler = build(cfg.sampler, SAMPLERS)
     check_sampler(sampler, schedule, cfg.steps, shape)
     device = resolve_device(cfg.device)
+    check_seed(cfg.seed)
     config = OmegaConf.to_container(cfg, resolve=True)
     return Run(model=model.to(device), schedule=schedule, parameterization=parameterization, sampler=sampler,
-               shape=shape, device=device, out_dir=Path(out_dir), seed=int(cfg.seed), config=config,
+               shape=shape, device=device, out_dir=Path(out_dir), seed=cfg.seed, config=config,
                checkpoint=path, step=step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -81,7 +82,7 @@ def sampler_record(sampler: Callable, schedule: Schedule, steps: int) -> dict:
     """What was run, for the output folder: the algorithm, its settings and the timesteps it visits."""
     fn = sampler.func if isinstance(sampler, partial) else sampler
     settings = dict(sampler.keywords) if isinstance(sampler, partial) else {}
-    spacing = settings.get("spacing", "trailing")
+    spacing = settings.get("spacing", inspect.signature(fn).parameters["spacing"].default)
     return {"sampler": fn.__name__, "settings": settings, "steps": steps,
             "timesteps": schedule.timesteps(steps, spacing)}
 

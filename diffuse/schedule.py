@@ -58,13 +58,14 @@ class Schedule:
         discrete models), so Karras-spaced samplers can visit noise levels between the table's entries.
         """
         t = torch.as_tensor(t, dtype=torch.float64)
-        if bool(((t != -1) & ((t < 0) | (t > self.T - 1))).any()):
+        if bool(((t != -1) & ~((t >= 0) & (t <= self.T - 1))).any()):  # NaN fails both comparisons
             raise DiffuseError(f"timestep out of range: allowed -1 or 0..{self.T - 1}, got {t.tolist()}")
         lo = t.floor().clamp(0, self.T - 1).long()
         hi = (lo + 1).clamp(max=self.T - 1)
         w = (t - lo).clamp(min=0)
         log_s = self.log_sigma_ve
-        between = torch.sigmoid(-2 * torch.lerp(log_s[lo], log_s[hi], w))  # abar = 1 / (1 + sigma_VE^2)
+        log_between = (1 - w) * log_s[lo] + w * log_s[hi]  # not torch.lerp: it computes inf - inf at w >= 0.5
+        between = torch.sigmoid(-2 * torch.where(torch.isinf(log_s[hi]) & (w > 0), torch.inf, log_between))
         abar = torch.where(w == 0, self.abar[lo], between)
         return torch.where(t == -1, torch.ones_like(abar), abar)
 

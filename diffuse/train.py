@@ -114,8 +114,8 @@ def train(run, opts: TrainOptions) -> Path:
         tensors, state, source = run.resume
         load_weights(model, tensors, "model.", source)
         load_weights(ema, tensors, "ema.", source)
-        restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
-                          state["param_groups"])
+        restore_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")},
+                          state["param_groups"])  # load_state_dict moves moments to the parameters' device
         restore_rng(generator, tensors)
         batches.seek(state["epoch"], state["position"])
         start, skipped = state["step"], state.get("nonfinite_skipped", 0)
@@ -199,7 +199,7 @@ def train(run, opts: TrainOptions) -> Path:
                                   steps=opts.sample_steps, seed=run.seed, device=device)
                 save_png(grid(images), out / "samples" / f"step_{step:07d}.png")
                 t_last = time.perf_counter()  # sampling time is not training time
-            if checkpoint:
+            if checkpoint or stop.signal is not None:  # a signal may also arrive while the grid is drawn
                 path = save(step)
                 t_last = time.perf_counter()
             if stop.signal is not None and not last:

@@ -27,15 +27,15 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tenso
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list[dict]) -> None:
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in groups]
     try:
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in groups]
         optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as e:
         raise DiffuseError(f"the checkpoint's optimizer state does not fit this optimizer ({e})") from None
 
 
@@ -53,8 +53,9 @@ def restore_rng(generator: torch.Generator, tensors: dict[str, Tensor]) -> None:
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
-    except (KeyError, RuntimeError) as e:
-        raise DiffuseError(f"the checkpoint's RNG state is missing or damaged ({e})") from None
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise DiffuseError(f"the checkpoint's RNG state is missing, damaged, or from a run on another kind of device "
+                           f"than {generator.device} ({e})") from None
 
 
 def encode(step: int, epoch: int, position: int, groups: list[dict], skipped: int) -> str:
@@ -70,6 +71,6 @@ def decode(metadata: dict[str, str], source: str) -> dict:
         for key, kind in (("step", int), ("epoch", int), ("position", int), ("param_groups", list)):
             if not isinstance(state[key], kind):
                 raise TypeError(f"{key} is not {kind.__name__}")
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise DiffuseError(f"resume={source}: damaged training state ({e})") from None
     return state

@@ -117,6 +117,19 @@ def test_kills_at_random_moments_never_leave_a_bad_checkpoint(tmp_path, data_roo
     assert int(meta["step"]) >= kills  # every run in the chain added at least one step
 
 
+def test_a_signal_during_a_sample_grid_still_saves(tmp_path, data_root):
+    """The stop flag is checked again after the grid: a signal there must not lose the steps since the last save."""
+    proc = start_training(tmp_path, *TINY_TRAIN, "train.steps=100000", "train.ckpt_every=0", "train.sample_every=1",
+                          "train.sample_steps=200", "train.sample_n=16", "hydra.run.dir=run")
+    wait_for(tmp_path / "run" / "samples" / "step_0000001.png", proc)
+    time.sleep(0.3)  # now inside a later, slow grid
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    _, meta = load_checkpoint(tmp_path / "run")
+    assert int(meta["step"]) >= 2
+
+
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.safetensors"
     meta = {"format": FORMAT, "step": "1", "config": "{}", "parameterization": "eps"}
@@ -134,10 +147,12 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_pruning_keeps_the_last_k_and_the_milestones(tmp_path):
-    for step in range(1, 11):
+    for step in [*range(1, 11), 10_000_000]:  # past 7 digits names no longer sort as numbers
         (tmp_path / f"step_{step:07d}.safetensors").write_bytes(b"x")
+    (tmp_path / "step_final.safetensors").write_bytes(b"x")  # not ours: left alone
     prune_checkpoints(tmp_path, keep_last=3, milestone_every=4)
-    assert sorted(int(p.stem[5:]) for p in tmp_path.iterdir()) == [4, 8, 9, 10]
+    assert sorted(p.stem[5:] for p in tmp_path.iterdir()) == ["0000004", "0000008", "0000009", "0000010",
+                                                              "10000000", "final"]
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root):
@@ -177,7 +192,7 @@ def rewrite(src: Path, dst: Path, edit) -> Path:
     tensors, meta = load_checkpoint(src)
     config = json.loads(meta["config"])
     tensors, meta, config = edit(tensors, meta, config) or (tensors, meta, config)
-    save_file(tensors, dst, {**meta, "config": json.dumps(config)})
+    save_file(tensors, dst, {**meta, **({"config": json.dumps(config)} if config is not None else {})})
     return dst
 
 
@@ -193,6 +208,26 @@ def test_a_crafted_target_is_refused_and_nothing_runs(good_checkpoint, tmp_path,
     line = run_cli("sample", f"ckpt={bad}", "steps=2", cwd=tmp_path, check=False).stderr.strip()
     assert ("is not allowed" in line or "does not exist" in line) and len(line.splitlines()) == 1, line
     assert not marker.exists()
+
+
+def _schedule_role(tensors, meta, config):  # a real diffuse function, in the wrong role
+    config["schedule"] = {"_target_": "diffuse.datasets.mnist.mnist", "root": "/tmp/elsewhere", "download": True}
+    return tensors, meta, config
+
+
+def _deep_json(tensors, meta, config):
+    meta["config"] = "[" * 50000 + "]" * 50000
+    return tensors, meta, None
+
+
+def _shape_mismatch(tensors, meta, config):
+    config["dataset_shape"] = [3, 28, 28]  # the network takes one channel
+    return tensors, meta, config
+
+
+def _zero_division(tensors, meta, config):
+    config["model"]["head_dim"] = 0
+    return tensors, meta, config
 
 
 def _other_model(tensors, meta, config):
@@ -219,6 +254,10 @@ def _wrong_format(tensors, meta, config):
     ("other_model", "do not fit the model"),
     ("wrong_shape", "do not fit the model"),
     ("wrong_format", "not a diffuse checkpoint"),
+    ("schedule_role", "not allowed here"),
+    ("deep_json", "damaged metadata"),
+    ("shape_mismatch", "does not map images of shape [3, 28, 28]"),
+    ("zero_division", "ZeroDivisionError"),
 ])
 def test_damaged_checkpoints_give_one_clear_line(good_checkpoint, tmp_path, case, expected):
     path = tmp_path / f"{case}.safetensors"
@@ -233,7 +272,9 @@ def test_damaged_checkpoints_give_one_clear_line(good_checkpoint, tmp_path, case
         path.write_bytes(b"\x80\x04\x95" + b"cos\nsystem\n(S'touch pwned'\ntR." * 3)
     else:
         rewrite(good_checkpoint, path, {"other_model": _other_model, "wrong_shape": _wrong_shape,
-                                        "wrong_format": _wrong_format}[case])
+                                        "wrong_format": _wrong_format, "schedule_role": _schedule_role,
+                                        "deep_json": _deep_json, "shape_mismatch": _shape_mismatch,
+                                        "zero_division": _zero_division}[case])
     proc = run_cli("sample", f"ckpt={path}", "steps=2", cwd=tmp_path, check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
