@@ -86,8 +86,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read (tensors, metadata) from a diffuse checkpoint; any malformed file is a DiffuseError."""
+def load_checkpoint(path: str | os.PathLike, prefixes: tuple[str, ...] = ("",)) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read (tensors whose names start with one of `prefixes`, metadata) from a diffuse checkpoint; any
+    malformed file is a DiffuseError."""
     p = resolve_checkpoint(path)
     try:
         with safe_open(os.fspath(p), framework="pt", device="cpu") as f:
@@ -95,7 +96,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
             if metadata.get("format") != FORMAT:
                 raise DiffuseError(f"ckpt={path}: not a diffuse checkpoint (metadata format is "
                                    f"{metadata.get('format')!r}, expected {FORMAT!r})")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         if isinstance(e, DiffuseError):
             raise

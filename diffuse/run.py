@@ -201,7 +201,8 @@ def load_model(path: str | Path, weights: str = "ema") -> tuple[nn.Module, Sched
     if weights not in ("ema", "raw"):
         raise DiffuseError(f"weights must be ema or raw, got {weights!r}")
     resolved = resolve_checkpoint(path)
-    tensors, metadata = load_checkpoint(resolved)
+    prefix = "ema." if weights == "ema" else "model."
+    tensors, metadata = load_checkpoint(resolved, (prefix,))  # sampling reads one copy of the weights only
     trained = metadata_config(metadata)
     try:
         model_node, schedule_node, shape = trained["model"], trained["schedule"], tuple(trained["dataset_shape"])
@@ -212,7 +213,6 @@ def load_model(path: str | Path, weights: str = "ema") -> tuple[nn.Module, Sched
         raise DiffuseError(f"ckpt={path}: dataset_shape {list(shape)} is not (C in 1|3, H, W in 8..1024)")
     parameterization = check_parameterization(metadata.get("parameterization"))
     schedule = build(schedule_node, SCHEDULES, Schedule)
-    prefix = "ema." if weights == "ema" else "model."
     with torch.device("meta"):
         model = build(model_node, MODELS, nn.Module)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -103,7 +103,8 @@ class Schedule:
         Spacings as named in Lin et al. 2024 (Table 2): `linspace` spans [0, T-1] evenly, `leading`
         is DDIM's `range(0, T, T // steps)`, `trailing` starts at T-1 and steps back by T / steps; all three
         give integers. `karras` spaces sigma_VE from the schedule's largest to its smallest with rho = 7
-        (Karras et al. 2022, eq. 5), at fractional timesteps.
+        (Karras et al. 2022, eq. 5), at fractional timesteps. With steps = 1, `linspace` and `leading`
+        visit only t = 0 (as in Lin et al.'s table): use `trailing` or `karras` for one-step sampling.
         """
         if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= self.T:
             raise DiffuseError(f"steps must be an integer in 1..{self.T} (the schedule's T), got {steps!r}")
