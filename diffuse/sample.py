@@ -17,6 +17,7 @@ import torch
 from diffuse import DiffuseError
 from diffuse.denoiser import ModelDenoiser
 from diffuse.images import grid, save_png, to_uint8
+from diffuse.samplers.noise import randn_like
 from diffuse.schedule import Schedule
 from diffuse.ui import interactive, progress_bar
 
@@ -66,7 +67,7 @@ def generate(
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         gens = [torch.Generator(device).manual_seed(sample_seed(seed, i)) for i in range(start, start + b)]
-        x_T = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])  # (b,C,H,W)
+        x_T = randn_like(torch.empty((b, *shape), device=device), gens)  # (b,C,H,W)
 
         def step(i: int, total: int, base: int = done) -> None:
             if on_step is not None:

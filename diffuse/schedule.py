@@ -86,6 +86,11 @@ class Schedule:
         """sigma_t = sqrt(1 - abar_t): the noise scale."""
         return (1 - self.abar_at(t)).sqrt()
 
+    def sigma_ve(self, t: Tensor | float) -> Tensor:
+        """sigma_VE(t) = sigma_t / alpha_t, the noise level of x_t / alpha_t; 0 at t = -1, inf at zero SNR."""
+        abar = self.abar_at(t)
+        return ((1 - abar) / abar).sqrt()
+
     def log_snr(self, t: Tensor | int) -> Tensor:
         """lambda_t = log(alpha_t / sigma_t) (Lu et al. 2022, sec. 3.1); +inf at t = -1."""
         abar = self.abar_at(t)

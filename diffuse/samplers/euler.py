@@ -11,11 +11,6 @@ from diffuse.samplers.noise import Generators
 from diffuse.schedule import Schedule
 
 
-def sigma_ve(schedule: Schedule, t: float) -> float:
-    """sigma_VE(t) = sigma_t / alpha_t: the noise level of x_t / alpha_t; 0 at t = -1."""
-    return (schedule.sigma(t) / schedule.alpha(t)).item()
-
-
 def euler(
     denoiser: Callable[[Tensor, float], tuple[Tensor, Tensor]],
     schedule: Schedule,
@@ -31,7 +26,7 @@ def euler(
     x = x_T
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         eps, x0 = denoiser(x, t)
-        alpha_next, s_next = schedule.alpha(t_next).item(), sigma_ve(schedule, t_next)
+        alpha_next, s_next = schedule.alpha(t_next).item(), schedule.sigma_ve(t_next).item()
         # Karras eq. 3 with sigma(t) = t, s(t) = 1 for x~ = x / alpha: dx~/dsigma = (x~ - x0) / sigma = eps, so
         # the Euler step x~ + (s_next - s) eps equals x0 + s_next eps, since x~ = x0 + s eps. Written this way
         # it needs no division by alpha (exact in float32 far from the data, and fine at zero terminal SNR).

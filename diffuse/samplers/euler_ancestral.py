@@ -30,9 +30,8 @@ def euler_ancestral(
     x = x_T
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         eps, x0 = denoiser(x, t)
-        abar, abar_next = schedule.abar_at(t).item(), schedule.abar_at(t_next).item()
-        ratio = (1 - abar_next) * abar / (abar_next * (1 - abar))  # sigma_next^2 / sigma^2, in sigma_VE; 0 if sigma = inf
-        s_next = ((1 - abar_next) / abar_next) ** 0.5
+        s, s_next = schedule.sigma_ve(t).item(), schedule.sigma_ve(t_next).item()
+        ratio = (s_next / s) ** 2  # 0 when s = inf (zero terminal SNR)
         s_up = min(s_next, eta * s_next * max(1 - ratio, 0.0) ** 0.5)  # k-diffusion's get_ancestral_step
         s_down = (s_next**2 - s_up**2) ** 0.5
         # Euler from sigma to sigma_down, written from x0 so that sigma = inf (zero terminal SNR) is fine:

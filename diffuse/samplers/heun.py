@@ -7,7 +7,6 @@ from typing import Callable
 from torch import Tensor
 
 from diffuse import DiffuseError
-from diffuse.samplers.euler import sigma_ve
 from diffuse.samplers.noise import Generators
 from diffuse.schedule import Schedule
 
@@ -30,7 +29,7 @@ def heun(
     x = x_T
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         alpha_next = schedule.alpha(t_next).item()
-        s, s_next = sigma_ve(schedule, t), sigma_ve(schedule, t_next)
+        s, s_next = schedule.sigma_ve(t).item(), schedule.sigma_ve(t_next).item()
         d, x0 = denoiser(x, t)  # dx~/dsigma at (x~ = x / alpha, sigma) is eps (Algorithm 1, line 4)
         x_tilde = x0 + s_next * d  # the Euler step x~ + (s_next - s) d, with x~ = x0 + s d (line 5)
         if t_next >= 0:  # second-order correction unless sigma_next = 0 (lines 6-8)
