@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
-SUBCOMMANDS = {"train": "train a model (conf/train.yaml)", "sample": "draw images from a checkpoint (conf/sample.yaml)"}
-USAGE = ("usage: diffuse {train,sample} [KEY=VALUE ...] [-m] [--help] [--cfg job]\n\n"
+SUBCOMMANDS = {"train": "train a model (conf/train.yaml)", "sample": "draw images from a checkpoint (conf/sample.yaml)",
+               "eval": "score a checkpoint's samples or image files: FID, KID, precision/recall (conf/eval.yaml)",
+               "report": "tables and a plot from a folder of eval runs (e.g. an eval multirun)"}
+USAGE = ("usage: diffuse {train,sample,eval} [KEY=VALUE ...] [-m] [--help] [--cfg job]\n"
+         "       diffuse report DIR [--metric fid] [--out DIR]\n\n"
          + "\n".join(f"  {k:<8} {v}" for k, v in SUBCOMMANDS.items())
          + "\n\nExamples:\n  diffuse train dataset=mnist\n  diffuse sample ckpt=outputs/train/<date>/<time> steps=50\n"
-         "  diffuse train -m schedule=linear,cosine train.steps=20\n\n"
+         "  diffuse train -m schedule=linear,cosine train.steps=20\n"
+         "  diffuse eval ckpt=outputs/train/<date>/<time> n=10000\n"
+         "  diffuse eval -m ckpt=<run> sampler=ddim,dpmpp_2m steps=5,10,20,50 && diffuse report outputs/eval-multirun/<...>\n\n"
          "`diffuse SUBCOMMAND --help` lists the config groups and their options.")
 
 
@@ -53,9 +59,16 @@ def run_subcommand(subcommand: str, cfg) -> None:
     elif subcommand == "sample":
         from diffuse.sample import SampleOptions, sample
 
-        keys = ("n", "batch_size", "steps", "seed", "precision", "png", "clip_x0", "dynamic_threshold")
+        keys = ("n", "batch_size", "steps", "seed", "precision", "png", "clip_x0", "dynamic_threshold", "trajectory",
+                "guidance", "guidance_rescale", "format")
         opts = run.options(SampleOptions, {k: cfg[k] for k in keys}, "")
         sample(run.build_sample(cfg, out_dir), opts)
+    elif subcommand == "eval":
+        from diffuse.evaluate import EvalOptions, run_eval
+
+        keys = [f.name for f in dataclasses.fields(EvalOptions)]
+        opts = run.options(EvalOptions, {k: cfg[k] for k in keys}, "")
+        run_eval(run.build_eval(cfg, out_dir), opts)
 
 
 def one_line(error: BaseException) -> str:
@@ -65,6 +78,8 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, name = error.missing_cfg_file.rpartition("/")
         return f"unknown {group} {name!r}; available: {', '.join(error.options)}"
+    if not str(error).strip() and error.__cause__ is not None:  # e.g. a composition error wrapping a parse error
+        error = error.__cause__
     lines = []
     for line in str(error).splitlines():
         line = line.strip()
@@ -81,6 +96,11 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     sub = argv[0]
+    if sub == "report":
+        from diffuse.report import main as report_main
+
+        report_main(argv[1:])
+        return
     if sub not in SUBCOMMANDS:
         print(f"diffuse: error: unknown subcommand {sub!r}; allowed: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         sys.exit(2)

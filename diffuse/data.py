@@ -17,8 +17,10 @@ class ImageData:
 
     images: Tensor  # (N,C,H,W) uint8
     labels: Tensor  # (N,) int64
-    num_classes: int
+    num_classes: int  # 0: unlabelled
     name: str
+    hflip: bool = False  # random horizontal flips while training (off for digits and text)
+    class_names: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -56,7 +58,7 @@ class BatchIterator:
         pin = device.type == "cuda"
         self.images = data.images.pin_memory().to(device, non_blocking=True) if pin else data.images.to(device)
         self.labels = data.labels.to(device)
-        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.batch_size, self.seed, self.device, self.hflip = batch_size, seed, device, data.hflip
         self.epoch, self.position = 0, 0  # where the next batch starts: enough to resume the data order
         self._order = self._permutation(0)
 
@@ -79,6 +81,10 @@ class BatchIterator:
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._permutation(self.epoch)
         idx = self._order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
         x = self.images[idx].float().div_(127.5).sub_(1.0)  # (B,C,H,W) in [-1, 1]
+        if self.hflip:  # on the device; the flips are a pure function of (seed, epoch, position), so resume-exact
+            g = torch.Generator(self.device).manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + self.position)
+            flip = torch.rand(len(idx), generator=g, device=self.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        self.position += self.batch_size
         return x, self.labels[idx]

@@ -45,6 +45,9 @@ class Run:
     step: int = 0  # the checkpoint's training step
     resume: tuple[dict, dict, str] | None = None  # training only: (tensors, training state, source) to continue from
     resume_command: str = ""  # training only: the command line that continues this run
+    reference: Callable[[str], ImageData] | None = None  # training only: split -> real data, for train.eval_every
+    cache_dir: Path | None = None  # training only: where evaluation caches its classifier and features
+    labels: list[int] | None = None  # sampling a conditional model: the classes asked for, in turn
 
 
 def locate(target: str, under: tuple[str, ...] = ALLOWED_MODULES) -> Callable:
@@ -188,10 +191,20 @@ def build_train(cfg: DictConfig, out_dir: str, experiment: str | None = None, ov
     config["dataset_shape"] = list(dataset.shape)
     keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
     resume_command = " ".join(["diffuse train", f"resume={Path(out_dir).resolve()}", *keep])
-    return Run(model=build(cfg.model, MODELS, nn.Module), schedule=schedule,
+    model_node = OmegaConf.to_container(cfg.model, resolve=True)
+    if model_node.get("conditional"):
+        if dataset.num_classes < 1:
+            raise DiffuseError(f"model.conditional=true needs class labels, and data set {dataset.name} has none "
+                               f"(a folder gives labels through class subfolders)")
+        model_node["num_classes"] = dataset.num_classes  # the class count comes from the data set
+        config["model"] = model_node
+    return Run(model=build(model_node, MODELS, nn.Module), schedule=schedule,
                parameterization=check_parameterization(cfg.parameterization), sampler=sampler, shape=dataset.shape,
-               device=device, out_dir=Path(out_dir), seed=cfg.seed, config=config, dataset=dataset, optimizer=optimizer, resume=resume,
-               resume_command=resume_command)
+               device=device, out_dir=Path(out_dir), seed=cfg.seed, config=config, dataset=dataset, optimizer=optimizer,
+               resume=resume, resume_command=resume_command,
+               reference=dataset_builder(OmegaConf.to_container(cfg.dataset, resolve=True),
+                                         {"train" if cfg.dataset.get("train", True) else "test": dataset}),
+               cache_dir=Path(str(cfg.get("cache_dir") or "~/.cache/diffuse")).expanduser())
 
 
 def load_model(path: str | Path, weights: str = "ema") -> tuple[nn.Module, Schedule, str, tuple[int, int, int], int, Path]:
@@ -234,6 +247,33 @@ def load_model(path: str | Path, weights: str = "ema") -> tuple[nn.Module, Sched
     return model.eval(), schedule, parameterization, shape, int(metadata["step"]), resolved
 
 
+def resolve_labels(labels: Any, label: Any, model: nn.Module, what: str = "ckpt") -> list[int] | None:
+    """`labels=[3,7]`, `labels=all` or `label=3` -> the class list; None for an unconditional request. Checked
+    against the model: an unconditional model takes no labels, a label must be one of its classes."""
+    if labels is not None and label is not None:
+        raise DiffuseError("give labels=[...] or label=K, not both")
+    if label is not None:
+        labels = [label]
+    conditional = bool(getattr(model, "conditional", False))
+    if labels is None:
+        return list(range(model.num_classes)) if conditional else None
+    if not conditional:
+        raise DiffuseError(f"labels/label need a conditional model, and the {what} is unconditional (train one with "
+                           f"model.conditional=true)")
+    k = model.num_classes
+    if labels == "all":
+        return list(range(k))
+    if isinstance(labels, int) and not isinstance(labels, bool):
+        labels = [labels]
+    if not (isinstance(labels, (list, tuple)) and labels
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in labels)):
+        raise DiffuseError(f"labels must be a list of class indices, `all`, or one index; got {labels!r}")
+    bad = [v for v in labels if not 0 <= v < k]
+    if bad:
+        raise DiffuseError(f"label {bad[0]} is out of range: the model knows classes 0..{k - 1}")
+    return list(labels)
+
+
 def build_sample(cfg: DictConfig, out_dir: str) -> Run:
     if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt is None:
         raise DiffuseError("ckpt is required: ckpt=PATH to a .safetensors checkpoint or a training run directory")
@@ -244,6 +284,78 @@ def build_sample(cfg: DictConfig, out_dir: str) -> Run:
     device = resolve_device(cfg.device)
     check_seed(cfg.seed)
     config = OmegaConf.to_container(cfg, resolve=True)
+    labels = resolve_labels(config.get("labels"), config.get("label"), model)
     return Run(model=model.to(device), schedule=schedule, parameterization=parameterization, sampler=sampler,
                shape=shape, device=device, out_dir=Path(out_dir), seed=cfg.seed, config=config,
-               checkpoint=path, step=step)
+               checkpoint=path, step=step, labels=labels)
+
+
+@dataclass(eq=False)
+class EvalJob:
+    """What `diffuse eval` scores (a checkpoint's samples, or image files) and against which real data."""
+
+    reference: Callable[[str], ImageData]  # split ("train" | "test") -> the real data set
+    dataset_name: str
+    shape: tuple[int, int, int]  # (C,H,W) of the reference images
+    num_classes: int
+    device: torch.device
+    out_dir: Path
+    config: dict
+    cache_dir: Path
+    generator: Run | None = None  # with ckpt=: the model that draws the images
+    samples: Path | None = None  # with samples=: the images to score
+
+
+def dataset_builder(node: dict, built: dict[str, ImageData] | None = None) -> Callable[[str], ImageData]:
+    """split -> the data set `node` describes, on that split (each split built once; `built` seeds that cache)."""
+    built = dict(built or {})
+
+    def reference(split: str) -> ImageData:
+        if split not in built:
+            built[split] = build({**node, "train": split == "train"}, DATASETS, ImageData)
+        return built[split]
+
+    return reference
+
+
+def build_eval(cfg: DictConfig, out_dir: str) -> EvalJob:
+    has_ckpt, has_samples = cfg.get("ckpt") is not None, cfg.get("samples") is not None
+    if has_samples and (cfg.get("labels") is not None or cfg.get("guidance", 1.0) != 1.0):
+        raise DiffuseError("labels and guidance apply to generating (ckpt=); samples= scores the images as they are")
+    if has_ckpt == has_samples:
+        raise DiffuseError("give exactly one of ckpt=PATH (generate from a checkpoint) or samples=PATH (score an "
+                           ".npz or a folder of images)")
+    device = resolve_device(cfg.device)
+    check_seed(cfg.seed)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    generator = None
+    node = config.get("dataset")
+    if has_ckpt:
+        model, schedule, parameterization, shape, step, path = load_model(cfg.ckpt, cfg.weights)
+        check_schedule(parameterization, schedule.terminal_snr)
+        sampler = build(cfg.sampler, SAMPLERS)
+        check_sampler(sampler, schedule, cfg.steps, shape)
+        trained = metadata_config(read_metadata(path))
+        generator = Run(model=model.to(device), schedule=schedule, parameterization=parameterization,
+                        sampler=sampler, shape=shape, device=device, out_dir=Path(out_dir), seed=cfg.seed,
+                        config=trained, checkpoint=path, step=step,
+                        labels=resolve_labels(config.get("labels"), None, model))
+        if node is None:  # the data set the checkpoint was trained on, read from this machine's data root
+            node = dict(trained.get("dataset") or {})
+            if not node:
+                raise DiffuseError(f"ckpt={cfg.ckpt}: its config names no data set; pass dataset=NAME")
+            if "root" in node:
+                node["root"] = cfg.data_root
+    elif node is None:
+        raise DiffuseError("samples= needs the data set to score against: pass dataset=NAME (e.g. dataset=mnist)")
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise DiffuseError(f"dataset {node!r} is not a data set config")
+    reference = dataset_builder(node)
+    data = reference(cfg.reference_split)
+    if generator is not None and data.shape != generator.shape:
+        raise DiffuseError(f"the data set {data.name} has images {list(data.shape)} (C,H,W), but ckpt={cfg.ckpt} "
+                           f"generates {list(generator.shape)}: evaluate against the data set it was trained on")
+    return EvalJob(reference=reference, dataset_name=data.name, shape=data.shape, num_classes=data.num_classes,
+                   device=device, out_dir=Path(out_dir), config=config,
+                   cache_dir=Path(str(cfg.cache_dir)).expanduser(), generator=generator,
+                   samples=Path(str(cfg.samples)).expanduser() if has_samples else None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import logging
@@ -15,18 +14,21 @@ from pathlib import Path
 
 import torch
 
-from diffuse import DiffuseError
+from diffuse import DiffuseError, precision
 from diffuse.checkpoint import LAST, checkpoint_metadata, load_weights, prune_checkpoints, save_checkpoint, state_tensors
 from diffuse.data import BatchIterator
 from diffuse.denoiser import ModelDenoiser
 from diffuse.ema import ema_decay, ema_update
+from diffuse.evaluate import BackgroundEval
 from diffuse.images import grid, save_png
 from diffuse.loss import diffusion_loss
-from diffuse.sample import generate
+from diffuse.sample import class_grid, generate, image_labels
 from diffuse.train_state import STATE_KEY, encode, optimizer_tensors, restore_optimizer, restore_rng, rng_tensors
 from diffuse.ui import interactive, progress_bar
 
 log = logging.getLogger(__name__)
+
+EVAL_COLUMNS = ("fid", "kid", "precision", "recall", "classifier_score")  # train.eval_every rows
 
 
 @dataclass
@@ -38,7 +40,7 @@ class TrainOptions:
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
     ema_decay: float = 0.9999  # EMA decay of the weights used for sampling
     ema_warmup: bool = True  # effective decay min(ema_decay, (1+step)/(10+step))
-    precision: str = "bf16"  # fp32 | bf16 (autocast for forward and loss)
+    precision: str = "auto"  # auto (bf16 where native) | fp32 | bf16 (autocast for forward and loss)
     compile: bool = False  # torch.compile the model
     log_every: int = 100  # a metrics.csv row and a log line every N steps
     sample_every: int = 1000  # an EMA sample grid every N steps (0 = only at the end)
@@ -48,20 +50,27 @@ class TrainOptions:
     keep_last: int = 3  # step_N checkpoints kept (0 = all), besides milestones
     milestone_every: int = 0  # step_N checkpoints at multiples of this are never deleted (0 = none)
     nonfinite: str = "stop"  # a NaN/inf loss: stop (keep the last good checkpoint) | skip (drop that update)
+    cond_drop_prob: float = 0.1  # conditional models: share of labels replaced by the null class (for guidance)
+    eval_every: int = 0  # score the EMA weights every N steps in a background thread (0 = off)
+    eval_n: int = 500  # images per evaluation
+    eval_steps: int = 20  # sampler steps for them
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "sample_n", "sample_steps"):
             if getattr(self, name) < 1:
                 raise DiffuseError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "sample_every", "ckpt_every", "grad_clip", "keep_last", "milestone_every"):
+        if not 0 <= self.cond_drop_prob < 1:
+            raise DiffuseError(f"train.cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+        if self.eval_n < 2 or self.eval_steps < 1:
+            raise DiffuseError(f"train.eval_n must be >= 2 and train.eval_steps >= 1, got {self.eval_n} and {self.eval_steps}")
+        for name in ("warmup", "sample_every", "ckpt_every", "grad_clip", "keep_last", "milestone_every", "eval_every"):
             if getattr(self, name) < 0:
                 raise DiffuseError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise DiffuseError(f"train.lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise DiffuseError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.precision not in ("fp32", "bf16"):
-            raise DiffuseError(f"train.precision must be fp32 or bf16, got {self.precision!r}")
+        precision.check(self.precision, "train.precision")
         if self.nonfinite not in ("stop", "skip"):
             raise DiffuseError(f"train.nonfinite must be stop or skip, got {self.nonfinite!r}")
 
@@ -124,11 +133,12 @@ def train(run, opts: TrainOptions) -> Path:
                                f"raise train.steps to train further")
         log.info("resumed from %s at step %d", source, start)
     forward = torch.compile(model) if opts.compile else model
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if opts.precision == "bf16"
-                else contextlib.nullcontext())
+    conditional = bool(getattr(model, "conditional", False))
+    numeric = precision.resolve(opts.precision, device)
+    autocast = precision.autocast(numeric, device)
     abar_table = schedule.abar.to(device)
     log.info("training %s (%.2fM parameters) on %s, %s, steps %d..%d of %d images -> %s", type(model).__name__,
-             sum(p.numel() for p in model.parameters()) / 1e6, device, opts.precision, start + 1, opts.steps,
+             sum(p.numel() for p in model.parameters()) / 1e6, device, numeric, start + 1, opts.steps,
              opts.batch_size, out)
 
     def save(step: int) -> Path:
@@ -149,7 +159,16 @@ def train(run, opts: TrainOptions) -> Path:
     metrics = open(out / "metrics.csv", "a" if start else "w", newline="")  # a resume into its own dir appends
     writer = csv.writer(metrics)
     if metrics.tell() == 0:
-        writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
+        writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s", *EVAL_COLUMNS])
+    evaluator = BackgroundEval(run, opts.eval_n, opts.eval_steps, numeric) if opts.eval_every else None
+
+    def write_evals(results: list[tuple[int, dict]]) -> None:
+        for at, m in results:  # a row of its own: the step whose EMA weights were scored
+            writer.writerow([at, "", "", "", f"{time.perf_counter() - t_start:.2f}", *(f"{m[k]:.6g}" for k in EVAL_COLUMNS)])
+            metrics.flush()
+            log.info("eval at step %d (%d images, %.0f s): FID %.3f  precision %.3f  recall %.3f  classifier score %.3f",
+                     at, opts.eval_n, m["eval_seconds"], m["fid"], m["precision"], m["recall"], m["classifier_score"])
+
     loss_sum, loss_count = torch.zeros((), device=device), 0
     t_start = t_last = time.perf_counter()
     with metrics, progress_bar("training", opts.steps, interactive()) as bar, StopRequest() as stop:
@@ -157,9 +176,13 @@ def train(run, opts: TrainOptions) -> Path:
             lr = lr_at(step, opts)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x0, _ = next(batches)  # (B,C,H,W) in [-1, 1]
+            x0, labels = next(batches)  # (B,C,H,W) in [-1, 1], (B,)
             with autocast:
-                loss = diffusion_loss(forward, schedule, x0, run.parameterization, generator, abar_table)
+                if conditional:
+                    loss = diffusion_loss(forward, schedule, x0, run.parameterization, generator, abar_table,
+                                          labels, model.num_classes, opts.cond_drop_prob)
+                else:
+                    loss = diffusion_loss(forward, schedule, x0, run.parameterization, generator, abar_table)
             if opts.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # one host sync a step, in this mode only
                 skipped += 1
                 log.warning("step %d: non-finite loss %s, update skipped (%d so far)", step, loss.item(), skipped)
@@ -185,19 +208,29 @@ def train(run, opts: TrainOptions) -> Path:
                                        f"{opts.lr}), use train.precision=fp32, or train.nonfinite=skip")
                 if step % opts.log_every == 0 or last:
                     ips = loss_count * opts.batch_size / (now - t_last)
-                    writer.writerow([step, f"{mean_loss:.6f}", f"{lr:.3e}", f"{ips:.1f}", f"{now - t_start:.2f}"])
+                    writer.writerow([step, f"{mean_loss:.6f}", f"{lr:.3e}", f"{ips:.1f}", f"{now - t_start:.2f}",
+                                     *[""] * len(EVAL_COLUMNS)])
                     metrics.flush()
                     log.info("step %d/%d  loss %.4f  lr %.2e  %.1f images/s", step, opts.steps, mean_loss, lr, ips)
                     bar.update(step, loss=f"{mean_loss:.4f}", speed=f"{loss_count / (now - t_last):.2f} it/s")
                     loss_sum.zero_()
                     loss_count, t_last = 0, now
             bar.update(step)
+            if evaluator is not None:
+                if last:  # the final weights are always scored: let a running evaluation finish first
+                    write_evals(evaluator.collect(wait=True))
+                if step % opts.eval_every == 0 or last:
+                    evaluator.submit(step, ema)
+                write_evals(evaluator.collect(wait=last))
 
             if last or (opts.sample_every and step % opts.sample_every == 0):
-                images = generate(ModelDenoiser(ema, schedule, run.parameterization, opts.precision), schedule,
+                classes = list(range(model.num_classes)) if conditional else None  # a row per class
+                labels = image_labels(classes, opts.sample_n)
+                images = generate(ModelDenoiser(ema, schedule, run.parameterization, numeric), schedule,
                                   run.sampler, run.shape, n=opts.sample_n, batch_size=opts.sample_n,
-                                  steps=opts.sample_steps, seed=run.seed, device=device)
-                save_png(grid(images), out / "samples" / f"step_{step:07d}.png")
+                                  steps=opts.sample_steps, seed=run.seed, device=device, labels=labels)
+                picture = grid(images) if labels is None else class_grid(images, labels, classes)
+                save_png(picture, out / "samples" / f"step_{step:07d}.png")
                 t_last = time.perf_counter()  # sampling time is not training time
             if checkpoint or stop.signal is not None:  # a signal may also arrive while the grid is drawn
                 path = save(step)

@@ -48,3 +48,33 @@ def progress_bar(description: str, total: int, enabled: bool) -> Iterator[Bar]:
             for h, stream in zip(handlers, saved):
                 h.setStream(stream)
 
+
+
+METRIC_ROWS = (("fid", "FID", "lower"), ("kid", "KID", "lower"), ("precision", "precision", "higher"),
+               ("recall", "recall", "higher"), ("classifier_score", "classifier score", "higher"),
+               ("class_coverage", "class coverage", "higher"), ("class_tv", "class TV distance", "lower"),
+               ("conditional_accuracy", "conditional accuracy", "higher"))
+
+
+def _fmt(key: str, values: dict | None) -> str:
+    if not values or values.get(key) is None:
+        return "-"
+    v = values[key]
+    if key == "kid":
+        return f"{v:.5f} ± {values.get('kid_std', 0):.5f}"
+    if key == "classifier_score":
+        return f"{v:.3f} ± {values.get('classifier_score_std', 0):.3f}"
+    return f"{v:.4g}" if key == "fid" else f"{v:.4f}"
+
+
+def print_metrics(title: str, model: dict, floor: dict | None) -> None:
+    """The metrics as a table: model beside floor (real images scored the same way)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for name in ("metric", "better", "model", "floor (real)"):
+        table.add_column(name, justify="left" if name in ("metric", "better") else "right")
+    for key, label, better in METRIC_ROWS:
+        if key in model:
+            table.add_row(label, better, _fmt(key, model), _fmt(key, floor))
+    Console(file=sys.stdout, width=max(100, console.width)).print(table)

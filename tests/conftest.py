@@ -32,3 +32,19 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, check: bool = True) 
 # A training run small enough for tests: a tiny UNet, a few steps, a small grid.
 TINY_TRAIN = ("model=unet_tiny", "train.steps=6", "train.batch_size=8", "train.log_every=2", "train.sample_every=3",
               "train.sample_n=4", "train.sample_steps=3", "train.ckpt_every=3", "train.warmup=2")
+
+
+@pytest.fixture(scope="session")
+def eval_cache(tmp_path_factory, data_root) -> Path:
+    """A cache folder holding the MNIST classifier (trained once per test session, ~2 min) and the reference
+    features of the MNIST test split: what `diffuse eval` and `train.eval_every` build at their first use."""
+    import torch
+
+    from diffuse.datasets.mnist import mnist
+    from diffuse.evaluate import classifier_extractor, reference_features
+
+    cache = tmp_path_factory.mktemp("eval_cache")
+    train, test = mnist(str(data_root), True, False), mnist(str(data_root), False, False)
+    extractor = classifier_extractor(train, test, cache, torch.device("cpu"))
+    reference_features(test, "test", extractor, cache)
+    return cache

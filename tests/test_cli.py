@@ -26,7 +26,9 @@ def test_train_writes_a_complete_run_directory(trained):
         assert (trained / name).is_file(), name
     rows = list(csv.DictReader(open(trained / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == [2, 4, 6]
-    assert set(rows[0]) == {"step", "loss", "lr", "images_per_s", "elapsed_s"}
+    assert set(rows[0]) == {"step", "loss", "lr", "images_per_s", "elapsed_s", "fid", "kid", "precision", "recall",
+                            "classifier_score"}
+    assert all(r["fid"] == "" for r in rows)  # train.eval_every is off by default
     assert all(float(r["loss"]) > 0 and float(r["images_per_s"]) > 0 for r in rows)
     assert "step 6/6" in (trained / "train.log").read_text()
 
@@ -113,7 +115,7 @@ def _bad(tmp_path, *args, env=None):
     (("train", "sampler=plms"), "unknown sampler 'plms'; available: ddim, ddpm, dpmpp_2m, euler"),
     (("train", "train.nope=1"), "train.nope"),
     (("train", "train.steps=abc"), "train.steps must be int, got 'abc'"),
-    (("train", "train.precision=fp16"), "train.precision must be fp32 or bf16"),
+    (("train", "train.precision=fp16"), "train.precision must be one of auto, fp32, bf16"),
     (("train", "train.lr=-1"), "train.lr must be > 0"),
     (("train", "device=cuda:7"), "CUDA is not available"),
     (("train", "parameterization=score"), "unknown parameterization 'score'"),

@@ -9,7 +9,9 @@ from diffuse.models.layers import Attention, Downsample, ResBlock, Upsample, gro
 
 
 class UNet(nn.Module):
-    """model(x_t (B,C,H,W), t (B,)) -> (B,C,H,W)."""
+    """model(x_t (B,C,H,W), t (B,), labels (B,) | None) -> (B,C,H,W). A conditional UNet adds a class embedding
+    to the timestep embedding, with one extra "null" class (index num_classes) for classifier-free guidance
+    (Ho & Salimans 2022); labels=None means the null class."""
 
     def __init__(
         self,
@@ -21,6 +23,8 @@ class UNet(nn.Module):
         head_dim: int = 32,  # channels per attention head
         groups: int = 8,  # GroupNorm groups
         dropout: float = 0.0,
+        conditional: bool = False,  # add a class-label embedding
+        num_classes: int = 10,  # classes of the data set (set from it when training)
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -30,9 +34,12 @@ class UNet(nn.Module):
                              f"(1..8 levels of 1..64), num_res_blocks {num_res_blocks} (0..16), in_channels {in_channels}")
         if any(not 0 <= a < levels for a in attention_levels):
             raise ValueError(f"attention_levels {list(attention_levels)} must lie in 0..{levels - 1}")
+        if conditional and not 1 <= num_classes <= 100000:
+            raise ValueError(f"num_classes must be in 1..100000, got {num_classes}")
         emb_dim = 4 * channels
-        self.channels = channels
+        self.channels, self.conditional, self.num_classes = channels, conditional, num_classes
         self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if conditional else None  # the last row: null
         self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -67,8 +74,15 @@ class UNet(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:  # x: (B,C,H,W), t: (B,) float timesteps
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        # x: (B,C,H,W), t: (B,) float timesteps, labels: (B,) int64 in 0..num_classes (num_classes = null)
         emb = self.time_mlp(timestep_embedding(t, self.channels))  # (B, emb_dim)
+        if self.label_emb is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            emb = emb + self.label_emb(labels)
+        elif labels is not None:
+            raise ValueError("this model is unconditional: it takes no labels (train it with model.conditional=true)")
         h = self.stem(x)
         hs = [h]
         for block in self.down:

@@ -1,0 +1,145 @@
+"""`diffuse report DIR`: every metrics.json under DIR (e.g. an eval multirun) as a Markdown table, a CSV and a
+PNG plot of one metric against NFE, one line per sampler."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+from diffuse import DiffuseError
+
+COLUMNS = ("sampler", "steps", "nfe", "n", "guidance", "checkpoint_step", "fid", "kid", "precision", "recall",
+           "classifier_score", "class_coverage", "conditional_accuracy", "floor_fid", "generate_seconds", "run")
+LOWER_IS_BETTER = {"fid", "kid", "class_tv"}
+
+
+def collect(root: Path) -> tuple[list[dict], list[str]]:
+    """One row per readable metrics.json under `root`; the unreadable ones are named, not dropped silently."""
+    rows, skipped = [], []
+    for path in sorted(root.rglob("metrics.json")):
+        try:
+            record = json.loads(path.read_text())
+            m = record["metrics"]
+            floor = record.get("floor") or {}
+            settings = record.get("settings") or {}
+            sampler = record.get("sampler", "samples")
+            if settings.get("eta"):
+                sampler += f" eta={settings['eta']}"
+            rows.append({"sampler": sampler, "steps": record.get("steps"), "nfe": record.get("nfe"),
+                         "n": record.get("n"), "guidance": (record.get("options") or {}).get("guidance"),
+                         "checkpoint_step": record.get("checkpoint_step"), **{k: m.get(k) for k in COLUMNS if k in m},
+                         "floor_fid": floor.get("fid"), "generate_seconds": record.get("generate_seconds"),
+                         "run": str(path.parent.relative_to(root)) or ".", "features": record["features"]["name"]})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            skipped.append(f"{path} ({type(e).__name__})")
+    rows.sort(key=lambda r: (r["sampler"], r["nfe"] if r["nfe"] is not None else -1, str(r["run"])))
+    return rows, skipped
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    return str(value)
+
+
+def write_markdown(rows: list[dict], path: Path, metric: str, skipped: list[str]) -> None:
+    cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
+    lines = [f"# Evaluation report ({len(rows)} runs)", "",
+             f"Features: {', '.join(sorted({r['features'] for r in rows}))}. `floor_fid` is n real training images "
+             f"scored the same way: the best a model can reach at this n.", "",
+             "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    scored = [r for r in rows if isinstance(r.get(metric), (int, float))]
+    if scored:
+        best = (min if metric in LOWER_IS_BETTER else max)(scored, key=lambda r: r[metric])
+        lines += ["", f"Best {metric}: {_cell(best[metric])} ({best['sampler']}, {best['nfe']} NFE, run {best['run']})."]
+    if skipped:
+        lines += ["", "Not readable, left out: " + "; ".join(skipped)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "features"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows: list[dict], path: Path, metric: str) -> bool:
+    """`metric` against NFE (log axis), one line per sampler; the floor as a dashed line. False if nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        if isinstance(r.get("nfe"), (int, float)) and isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]):
+            lines.setdefault(r["sampler"], []).append((r["nfe"], r[metric]))
+    if not lines:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for sampler, points in sorted(lines.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=sampler)
+    floors = [r["floor_fid"] for r in rows if metric == "fid" and isinstance(r.get("floor_fid"), (int, float))]
+    if floors:
+        ax.axhline(min(floors), color="grey", linestyle="--", linewidth=1, label="floor (real data)")
+    ax.set_xscale("log")
+    ticks = sorted({p[0] for pts in lines.values() for p in pts})
+    ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+    ax.minorticks_off()
+    if metric in LOWER_IS_BETTER and all(p[1] > 0 for pts in lines.values() for p in pts):
+        ax.set_yscale("log")
+    ax.set_xlabel("network evaluations per image (NFE)")
+    ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else " (higher is better)"))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def report(root: str | Path, metric: str = "fid", out: str | Path | None = None) -> list[Path]:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DiffuseError(f"{root} is not a folder; give the folder of eval runs (e.g. outputs/eval-multirun/<date>/<time>)")
+    rows, skipped = collect(root)
+    if not rows:
+        raise DiffuseError(f"no readable metrics.json under {root}" + (f" ({len(skipped)} unreadable)" if skipped else
+                           "; run `diffuse eval` (or `diffuse eval -m ...`) into it first"))
+    if metric not in COLUMNS[6:13]:
+        raise DiffuseError(f"--metric {metric!r} is not reported; allowed: {', '.join(COLUMNS[6:13])}")
+    out_dir = Path(out).expanduser() if out else root
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "report.md", out_dir / "report.csv"]
+    write_markdown(rows, written[0], metric, skipped)
+    write_csv(rows, written[1])
+    if plot(rows, out_dir / f"report_{metric}.png", metric):
+        written.append(out_dir / f"report_{metric}.png")
+    return written
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="diffuse report", description=__doc__)
+    parser.add_argument("dir", help="a folder holding eval runs (searched recursively for metrics.json)")
+    parser.add_argument("--metric", default="fid", help="the metric to plot against NFE (default fid)")
+    parser.add_argument("--out", default=None, help="where to write report.md/.csv/.png (default: DIR)")
+    args = parser.parse_args(argv)
+    try:
+        written = report(args.dir, args.metric, args.out)
+    except DiffuseError as e:
+        print(f"diffuse report: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        print(f"diffuse report: error: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        sys.exit(2)
+    for path in written:
+        print(path)

@@ -1,0 +1,167 @@
+"""Class-conditional models and classifier-free guidance: in the network, the denoiser, every sampler, the CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from conftest import TINY_TRAIN, run_cli
+from diffuse import DiffuseError
+from diffuse.denoiser import ModelDenoiser, guide
+from diffuse.models.unet import UNet
+from diffuse.parameterization import to_eps_x0
+from diffuse.run import build
+from diffuse.schedules.linear import linear
+
+SAMPLERS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "sampler").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def net() -> UNet:
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(),
+                 head_dim=16, groups=4, conditional=True, num_classes=10)
+    with torch.no_grad():  # zero-initialised output layers would hide the labels: give them weights
+        for p in model.parameters():
+            if p.ndim > 1 and not p.any():
+                p.normal_(std=0.05)
+    return model.eval()
+
+
+def test_labels_change_the_output_and_none_is_the_null_class(net):
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500.0, 500.0])
+    with torch.no_grad():
+        three, seven = net(x, t, torch.tensor([3, 3])), net(x, t, torch.tensor([7, 7]))
+        null, none = net(x, t, torch.tensor([10, 10])), net(x, t)
+    assert (three - seven).abs().max() > 1e-3
+    assert torch.equal(null, none)
+    plain = UNet(in_channels=1, channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(), head_dim=16,
+                 groups=4)
+    with pytest.raises(ValueError, match="unconditional"):
+        plain(x, t, torch.tensor([3, 3]))
+
+
+def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional(net):
+    schedule = linear()
+    x, t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)), 400
+    labels = torch.tensor([1, 4, 9])
+    alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
+    tb = torch.full((3,), 400.0)
+    with torch.no_grad():
+        cond, uncond = net(x, tb, labels), net(x, tb)
+    for w, want in ((1.0, cond), (0.0, uncond), (3.0, uncond + 3.0 * (cond - uncond))):
+        d = ModelDenoiser(net, schedule, "eps", guidance=w).with_labels(labels)
+        eps, x0 = d(x, t)
+        want_eps, want_x0 = to_eps_x0(want, x, alpha, sigma, "eps")
+        assert torch.allclose(eps, want_eps, atol=1e-5) and torch.allclose(x0, want_x0, atol=1e-4), w
+        assert d.nfe == (2 if w == 3.0 else 1)  # a guided step evaluates the network twice per image
+
+
+def test_guidance_rescale_matches_the_conditional_std():
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g) * 0.5
+    out = guide(cond, uncond, 5.0, rescale=1.0)
+    assert torch.allclose(out.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)), rtol=1e-5)
+    assert torch.allclose(guide(cond, uncond, 5.0, 0.5), 0.5 * out + 0.5 * guide(cond, uncond, 5.0), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_guidance_works_with_every_sampler(net, name):
+    with initialize_config_module(config_module="diffuse.conf", version_base="1.3"):
+        sampler = build(compose(config_name="sample", overrides=[f"sampler={name}"]).sampler)
+    schedule = linear()
+    labels = torch.tensor([2, 5])
+
+    def run(w):
+        x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        d = ModelDenoiser(net, schedule, "eps", guidance=w).with_labels(labels)
+        return sampler(d, schedule, x_T, steps=4, generator=torch.Generator().manual_seed(1))
+
+    guided, conditional = run(4.0), run(1.0)
+    assert torch.isfinite(guided).all() and guided.shape == (2, 1, 8, 8)
+    assert (guided - conditional).abs().max() > 1e-4
+
+
+def test_unconditional_model_refuses_labels(net):
+    plain = UNet(in_channels=1, channels=16, channel_mult=(1,), num_res_blocks=1, attention_levels=(), head_dim=16,
+                 groups=4)
+    with pytest.raises(DiffuseError, match="conditional model"):
+        ModelDenoiser(plain, linear(), "eps").with_labels(torch.tensor([1]))
+
+
+@pytest.fixture(scope="module")
+def cond_run(tmp_path_factory, data_root) -> Path:
+    cwd = tmp_path_factory.mktemp("cond")
+    run_cli("train", *TINY_TRAIN, "model.conditional=true", "train.cond_drop_prob=0.2", "hydra.run.dir=run", cwd=cwd)
+    return cwd / "run"
+
+
+def test_conditional_training_records_the_class_count(cond_run):
+    from safetensors import safe_open
+
+    with safe_open(str(cond_run / "checkpoints" / "last.safetensors"), "pt") as f:
+        config = json.loads(f.metadata()["config"])
+        assert f.get_slice("ema.label_emb.weight").get_shape() == [11, 64]  # 10 classes + null, 4 * 16 wide
+    assert config["model"]["conditional"] is True and config["model"]["num_classes"] == 10
+
+
+def test_sample_by_label_with_guidance(cond_run, tmp_path):
+    run_cli("sample", f"ckpt={cond_run}", "labels=[3,7]", "guidance=3.0", "n=6", "steps=3", "hydra.run.dir=a", cwd=tmp_path)
+    run_cli("sample", f"ckpt={cond_run}", "label=3", "n=2", "steps=3", "hydra.run.dir=b", cwd=tmp_path)
+    with np.load(tmp_path / "a" / "samples.npz") as z:
+        assert z["labels"].tolist() == [3, 7, 3, 7, 3, 7] and z["images"].shape == (6, 28, 28, 1)
+    record = json.loads((tmp_path / "a" / "sampling.json").read_text())
+    assert record["labels"] == [3, 7] and record["guidance"] == 3.0 and record["nfe_per_image"] == 6
+    from PIL import Image
+    with Image.open(tmp_path / "a" / "grid.png") as im:  # one row per class, three images each
+        assert im.size == (2 + 3 * 30, 2 + 2 * 30)
+    with np.load(tmp_path / "b" / "samples.npz") as z:
+        assert z["labels"].tolist() == [3, 3]
+
+
+def test_sample_writes_a_labelled_folder_that_reads_back(cond_run, tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    from diffuse.datasets.folder import folder
+
+    run_cli("sample", f"ckpt={cond_run}", "labels=all", "n=20", "steps=2", "format=folder", "hydra.run.dir=f",
+            cwd=tmp_path)
+    root = tmp_path / "f" / "images"
+    assert sorted(p.name for p in root.iterdir()) == [str(k) for k in range(10)]
+    tv = ImageFolder(str(root))
+    assert len(tv) == 20 and tv.classes == [str(k) for k in range(10)]
+    ours = folder(str(root), image_size=28, channels=1)
+    assert ours.num_classes == 10 and sorted(ours.labels.tolist()) == sorted(k for k in range(10) for _ in range(2))
+    with np.load(tmp_path / "f" / "samples.npz") as z:  # the same pixels as the folder
+        first = z["images"][z["labels"] == 0][0, ..., 0]
+    assert np.array_equal(ours.images[ours.labels == 0][0, 0].numpy(), first)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("labels=[12]",), "label 12 is out of range: the model knows classes 0..9"),
+    (("label=-1",), "label -1 is out of range"),
+    (("labels=[1]", "label=2"), "not both"),
+    (("labels=cats",), "labels must be a list"),
+])
+def test_bad_labels_give_one_clear_line(cond_run, tmp_path, args, expected):
+    proc = run_cli("sample", f"ckpt={cond_run}", "n=2", "steps=2", *args, cwd=tmp_path, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+def test_labels_on_an_unconditional_checkpoint_are_refused(tmp_path, data_root):
+    run_cli("train", *TINY_TRAIN, "train.steps=2", "train.sample_every=0", "hydra.run.dir=plain", cwd=tmp_path)
+    proc = run_cli("sample", f"ckpt={tmp_path / 'plain'}", "label=3", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "unconditional" in proc.stderr
+
+
+def test_eval_reports_conditional_accuracy(cond_run, eval_cache, tmp_path):
+    run_cli("eval", f"ckpt={cond_run}", "n=20", "steps=2", "guidance=2.0", "floor=false", "kid_subset_size=10",
+            "hydra.run.dir=e", cwd=tmp_path, env={"DIFFUSE_CACHE": str(eval_cache)})
+    record = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    m = record["metrics"]
+    assert 0 <= m["conditional_accuracy"] <= 1 and len(m["conditional_accuracy_per_class"]) == 10
+    assert record["guidance"] == 2.0 and record["labels"] == list(range(10)) and record["nfe"] == 4

@@ -1,0 +1,179 @@
+"""`diffuse eval`, `diffuse report`, trajectories and train.eval_every, end to end through the real CLI."""
+
+import csv
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from conftest import TINY_TRAIN, run_cli
+from diffuse import DiffuseError
+from diffuse.evaluate import inception_extractor, read_images
+from diffuse.features.inception import FIDInception
+
+METRICS = ("fid", "kid", "kid_std", "precision", "recall", "classifier_score", "class_coverage", "class_tv")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root) -> Path:
+    cwd = tmp_path_factory.mktemp("train")
+    run_cli("train", *TINY_TRAIN, "hydra.run.dir=run", cwd=cwd)
+    return cwd / "run"
+
+
+def cached(cache: Path) -> dict:
+    return {"DIFFUSE_CACHE": str(cache)}
+
+
+def test_the_mnist_classifier_reaches_99_percent_and_is_cached(eval_cache):
+    files = list(eval_cache.glob("classifier-mnist-1x28x28-*.safetensors"))
+    assert len(files) == 1
+    with safe_open(str(files[0]), "pt") as f:
+        meta = f.metadata()
+    assert float(meta["test_accuracy"]) >= 0.99, meta
+    assert list(eval_cache.glob("reference-mnist-test-1x28x28-*-all-classifier-*.safetensors"))
+
+
+def test_eval_of_a_checkpoint_writes_every_metric_and_the_protocol(trained, eval_cache, tmp_path):
+    proc = run_cli("eval", f"ckpt={trained}", "n=40", "steps=3", "seed=5", "kid_subset_size=20",
+                   "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
+    record = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    for key in METRICS:
+        assert math.isfinite(record["metrics"][key]) and math.isfinite(record["floor"][key]), key
+    assert record["n"] == 40 and record["seed"] == 5 and record["steps"] == 3 and record["nfe"] == 3
+    assert record["sampler"] == "ddim" and record["checkpoint_step"] == 6
+    assert record["reference"] == {"split": "test", "dataset": "mnist"}
+    features = record["features"]
+    assert features["name"] == "classifier" and features["test_accuracy"] >= 0.99
+    assert features["weights_sha256"] == hashlib.sha256(Path(features["path"]).read_bytes()).hexdigest()
+    assert record["wall_seconds"] > 0 and record["generate_seconds"] > 0
+    # a tiny model trained 6 steps is far from the data; real train images are close to the test split
+    assert record["metrics"]["fid"] > 10 * record["floor"]["fid"]
+    assert record["floor"]["precision"] > 0.5 and record["floor"]["class_coverage"] > 0.5
+    assert "FID" in proc.stdout and "floor (real)" in proc.stdout
+
+
+def test_eval_of_saved_samples_gives_the_same_numbers(trained, eval_cache, tmp_path):
+    run_cli("sample", f"ckpt={trained}", "n=30", "steps=3", "seed=2", "png=true", "hydra.run.dir=s", cwd=tmp_path)
+    common = ("kid_subset_size=20", "seed=2", "floor=false")
+    run_cli("eval", f"ckpt={trained}", "n=30", "steps=3", *common, "hydra.run.dir=a", cwd=tmp_path, env=cached(eval_cache))
+    run_cli("eval", f"samples={tmp_path / 's' / 'samples.npz'}", "dataset=mnist", *common, "hydra.run.dir=b",
+            cwd=tmp_path, env=cached(eval_cache))
+    run_cli("eval", f"samples={tmp_path / 's' / 'images'}", "dataset=mnist", *common, "hydra.run.dir=c",
+            cwd=tmp_path, env=cached(eval_cache))
+    a, b, c = (json.loads((tmp_path / d / "metrics.json").read_text())["metrics"] for d in "abc")
+    assert a == b == c
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["n"] == 30
+
+
+def test_report_over_an_eval_multirun(trained, eval_cache, tmp_path):
+    run_cli("eval", "-m", f"ckpt={trained}", "sampler=ddim,euler", "steps=2,4", "n=20", "kid_subset_size=10",
+            "floor=false", "hydra.sweep.dir=sweep", cwd=tmp_path, env=cached(eval_cache))
+    proc = run_cli("report", str(tmp_path / "sweep"), cwd=tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "report.csv")))
+    assert sorted((r["sampler"], int(r["nfe"])) for r in rows) == [("ddim", 2), ("ddim", 4), ("euler", 2), ("euler", 4)]
+    assert all(float(r["fid"]) > 0 for r in rows)
+    md = (tmp_path / "sweep" / "report.md").read_text()
+    assert md.count("\n| ddim") == 2 and "Best fid" in md
+    with Image.open(tmp_path / "sweep" / "report_fid.png") as im:
+        assert im.size[0] > 400 and im.size[1] > 300
+    assert "report.md" in proc.stdout
+    bad = run_cli("report", str(tmp_path / "nothing"), cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "not a folder" in bad.stderr
+
+
+def test_sample_draws_a_trajectory_strip(trained, tmp_path):
+    run_cli("sample", f"ckpt={trained}", "n=3", "steps=12", "trajectory=true", "hydra.run.dir=t", cwd=tmp_path)
+    shown = json.loads((tmp_path / "t" / "trajectory.json").read_text())["timesteps"]
+    assert len(shown) == 10 and shown[0] == 999 and shown == sorted(shown, reverse=True)
+    with Image.open(tmp_path / "t" / "trajectory.png") as im:
+        w, h = im.size
+    assert (w, h) == (2 + 10 * 30, 2 + 6 * 30)  # 10 columns; x_t and x0 rows for 3 images (28 px + 2 padding)
+    assert json.loads((tmp_path / "t" / "sampling.json").read_text())["nfe_per_image"] == 12
+
+
+def test_train_eval_every_logs_metrics_without_changing_training(eval_cache, tmp_path, data_root):
+    base = (*TINY_TRAIN, "train.precision=fp32", "train.sample_every=0", "model.dropout=0.1")
+    run_cli("train", *base, "hydra.run.dir=plain", cwd=tmp_path, env=cached(eval_cache))
+    run_cli("train", *base, "train.eval_every=3", "train.eval_n=12", "train.eval_steps=2", "hydra.run.dir=evald",
+            cwd=tmp_path, env=cached(eval_cache))
+    rows = list(csv.DictReader(open(tmp_path / "evald" / "metrics.csv")))
+    evals = [r for r in rows if r["fid"]]
+    assert [int(r["step"]) for r in evals][-1] == 6 and all(float(r["fid"]) > 0 for r in evals)
+    assert all(0 <= float(r["precision"]) <= 1 for r in evals)
+    a = safe_open(str(tmp_path / "plain" / "checkpoints" / "last.safetensors"), "pt")
+    b = safe_open(str(tmp_path / "evald" / "checkpoints" / "last.safetensors"), "pt")
+    for key in a.keys():  # the evaluation thread draws nothing from the training RNGs
+        assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
+
+
+def test_inception_weights_load_from_a_stand_in_file_and_are_hash_checked(tmp_path):
+    torch.manual_seed(0)
+    net = FIDInception().eval()
+    for m in net.modules():  # non-trivial batch-norm statistics, so a mis-mapped tensor would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(net.state_dict(), path, _use_new_zipfile_serialization=False)  # pytorch-fid's file is this layout
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    extractor = inception_extractor(str(path), "https://example.invalid/w.pth", digest[:12], False, tmp_path,
+                                    torch.device("cpu"))
+    images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
+    features, logits = extractor(images)
+    assert features.shape == (2, 2048) and logits.shape == (2, 1008)
+    with torch.no_grad():
+        want, _ = net(torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert torch.allclose(features, want, atol=1e-5)
+    assert extractor.weights_sha256 == digest
+    with pytest.raises(DiffuseError, match="expected 0000"):
+        inception_extractor(str(path), "https://example.invalid/w.pth", "0000", False, tmp_path, torch.device("cpu"))
+
+
+BAD = [
+    (("n=1",), "n must be >= 2"),
+    (("features=inception", "inception.download=false"), "inception.download=false: download https://"),
+    (("features=inception", "inception.url=http://127.0.0.1:9/none.pth"), "download"),
+    (("dataset=mnist", "dataset.image_size=32"), r"generates \[1, 28, 28\]"),
+]
+
+
+@pytest.mark.parametrize("args,expected", BAD, ids=["n", "offline", "download-fails", "dataset"])
+def test_bad_eval_input_gives_one_clear_line(trained, eval_cache, tmp_path, args, expected):
+    env = {**cached(eval_cache), "TORCH_HOME": str(tmp_path / "torch")}
+    proc = run_cli("eval", f"ckpt={trained}", "n=4", *args, cwd=tmp_path, env=env, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert re.search(expected, lines[0]), lines[0]
+
+
+def test_bad_samples_give_one_clear_line(eval_cache, tmp_path):
+    np.savez(tmp_path / "rgb.npz", images=np.zeros((4, 32, 32, 3), np.uint8))
+    np.savez(tmp_path / "float.npz", images=np.zeros((4, 28, 28, 1), np.float32))
+    np.savez(tmp_path / "one.npz", images=np.zeros((1, 28, 28, 1), np.uint8))
+    cases = [("samples=" + str(tmp_path / "rgb.npz"), "32x32 with 3 channel"),
+             ("samples=" + str(tmp_path / "float.npz"), "must be uint8"),
+             ("samples=" + str(tmp_path / "one.npz"), "at least 2"),
+             ("samples=" + str(tmp_path / "missing"), "neither")]
+    for arg, expected in cases:
+        proc = run_cli("eval", arg, "dataset=mnist", cwd=tmp_path, env=cached(eval_cache), check=False)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], (arg, proc.stderr)
+    proc = run_cli("eval", "samples=" + str(tmp_path / "rgb.npz"), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "dataset=NAME" in proc.stderr
+    proc = run_cli("eval", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "exactly one of ckpt" in proc.stderr
+
+
+def test_read_images_from_a_folder_of_pngs(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), i * 50, np.uint8)).save(tmp_path / f"{i}.png")
+    images = read_images(tmp_path)
+    assert images.shape == (3, 8, 8, 1) and images[2, 0, 0, 0] == 100
