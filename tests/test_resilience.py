@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -307,10 +308,10 @@ def test_fuzzed_checkpoint_bytes_give_a_clean_error_or_a_model(good_checkpoint, 
 
 def test_no_pickle_in_the_package():
     root = Path(__file__).resolve().parents[1] / "diffuse"
-    for f in root.rglob("*.py"):
+    for f in root.rglob("*.py"):  # pickletools (a parser that executes nothing) is allowed: torch_file.py uses it
         text = f.read_text()
-        for banned in ("torch.load(", "torch.save(", "import pickle", "pickle.load"):
-            assert banned not in text, f"{f}: {banned}"
+        for banned in (r"torch\.load\(", r"torch\.save\(", r"\bimport pickle\b", r"\bpickle\.(loads?|dumps?|Unpickler)\b", r"\bUnpickler\("):
+            assert not re.search(banned, text), f"{f}: {banned}"
 
 
 def test_an_unwritable_output_folder_is_one_line(tmp_path, data_root):
