@@ -208,7 +208,7 @@ def reference_features(data: ImageData, split: str, extractor: Extractor, cache_
     """Features of `data` (the first `n` images of a fixed permutation when n is given), cached per data set,
     split, shape, extractor weights and n."""
     C, H, W = data.shape
-    tag = f"all" if n is None or n >= len(data) else f"n{n}"
+    tag = "all" if n is None or n >= len(data) else f"n{n}"
     path = cache_dir / f"reference-{data.name}-{split}-{C}x{H}x{W}-{fingerprint(data)}-{tag}-{extractor.id}.safetensors"
     if path.is_file():
         t, _ = _read_safetensors(path)
