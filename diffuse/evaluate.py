@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ from diffuse.precision import check as check_precision, resolve as resolve_preci
 
 log = logging.getLogger(__name__)
 
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.safetensors"
 CLASSIFIER_VERSION = 1  # bump when the classifier's architecture or training changes: old caches are not reused
 
 
@@ -149,48 +148,48 @@ def classifier_extractor(train: ImageData, test: ImageData, cache_dir: Path, dev
     return Extractor("classifier", model, sha256(path), device, info)
 
 
-def inception_extractor(path: str | None, url: str, expected_sha256: str, download: bool, cache_dir: Path,
-                        device: torch.device) -> Extractor:
-    """The FID Inception-v3 weights (pytorch-fid's file): from `path`, diffuse's cache or torch.hub's cache;
-    downloaded into diffuse's cache when absent and `download`; the file's SHA-256 must start with
-    `expected_sha256`."""
-    from diffuse.features.inception import FIDInception
-    from diffuse.torch_file import read_state_dict
+CONVERT = ("convert pytorch-fid's pt_inception-2015-12-05-6726825d.pth to safetensors once, outside diffuse "
+           "(the README's 'Evaluating' section has the one-line command), and save it as OUT")
 
-    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints" / INCEPTION_FILE
-    candidates = [Path(path).expanduser()] if path else [cache_dir / INCEPTION_FILE, hub]
-    found = next((p for p in candidates if p.is_file()), None)
-    if found is None and path:
-        raise DiffuseError(f"inception.path={path} does not exist; download {url} and put it there")
-    if found is None:
-        if not download:
-            raise DiffuseError(f"the FID Inception weights are not at {candidates[0]} or {hub} and "
-                               f"inception.download=false: download {url} and put it at {candidates[0]} "
-                               f"(or pass inception.path=FILE)")
-        found = candidates[0]
-        found.parent.mkdir(parents=True, exist_ok=True)
+
+def inception_extractor(path: str | None, url: str | None, expected_sha256: str | None, download: bool,
+                        cache_dir: Path, device: torch.device) -> Extractor:
+    """The FID Inception-v3 weights as a safetensors file (diffuse reads no pickle): from `path` or diffuse's
+    cache; downloaded into the cache from `url` when absent, `download` is true and a URL is set. With
+    `expected_sha256`, the file's SHA-256 must start with it; the digest is always recorded."""
+    from diffuse.features.inception import FIDInception
+
+    target = Path(path).expanduser() if path else cache_dir / INCEPTION_FILE
+    if not target.is_file():
+        if not (download and url):
+            why = "inception.download=false" if not download else "no inception.url is set"
+            raise DiffuseError(f"the FID Inception weights are not at {target} and {why}: {CONVERT.replace('OUT', str(target))}, "
+                               f"or pass inception.path=FILE")
+        target.parent.mkdir(parents=True, exist_ok=True)
         try:
             log.info("downloading the FID Inception weights from %s", url)
-            torch.hub.download_url_to_file(url, str(found), progress=False)
+            torch.hub.download_url_to_file(url, str(target), progress=False)
         except Exception as e:  # offline, proxy, HTTP error
-            raise DiffuseError(f"the FID Inception weights are not at {candidates[0]} or {hub}, and the download "
-                               f"from {url} failed ({type(e).__name__}: {e}); download it elsewhere and put it at "
-                               f"{candidates[0]} (or pass inception.path=FILE)") from None
-    digest = sha256(found)
-    if not digest.startswith(expected_sha256.lower()):
-        raise DiffuseError(f"{found} has SHA-256 {digest[:16]}..., expected {expected_sha256}...: not the FID "
-                           f"Inception weights (delete it, or set inception.sha256 for another file you trust)")
+            raise DiffuseError(f"the FID Inception weights are not at {target}, and the download from {url} failed "
+                               f"({type(e).__name__}: {e}); put the file there yourself ({CONVERT.replace('OUT', str(target))})") from None
+    digest = sha256(target)
+    if expected_sha256 is None:
+        log.warning("inception.sha256 is not set: %s (SHA-256 %s) is used unchecked; the digest is recorded", target, digest)
+    elif not digest.startswith(expected_sha256.lower()):
+        raise DiffuseError(f"{target} has SHA-256 {digest[:16]}..., expected {expected_sha256}...: not the weights "
+                           f"you named (delete it, or set inception.sha256 for another file you trust)")
     with torch.device("meta"):
         network = FIDInception()
-    state = {k: v for k, v in read_state_dict(found).items() if not k.endswith("num_batches_tracked")}
+    tensors, _ = _read_safetensors(target)
+    state = {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
     expected = {k: tuple(v.shape) for k, v in network.state_dict().items() if not k.endswith("num_batches_tracked")}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if expected != got:
         bad = sorted(set(expected.items()) ^ set(got.items()))[:2]
-        raise DiffuseError(f"{found} does not hold the FID Inception-v3 weights (first differences: {bad})")
+        raise DiffuseError(f"{target} does not hold the FID Inception-v3 weights (first differences: {bad})")
     state.update({k: torch.zeros((), dtype=torch.long) for k in network.state_dict() if k.endswith("num_batches_tracked")})
     network.load_state_dict(state, assign=True)
-    return Extractor("inception", network, digest, device, {"path": str(found)}, batch_size=100)
+    return Extractor("inception", network, digest, device, {"path": str(target)}, batch_size=100)
 
 
 @dataclass
@@ -352,11 +351,12 @@ def build_extractor(job, opts: EvalOptions) -> Extractor:
                                     steps=steps)
     inc = cfg.get("inception") or {}
     path, url, digest, download = inc.get("path"), inc.get("url"), inc.get("sha256"), inc.get("download")
-    if not (isinstance(digest, str) and len(digest) >= 8 and all(c in "0123456789abcdefABCDEF" for c in digest)):
+    if digest is not None and not (isinstance(digest, str) and len(digest) >= 8
+                                   and all(c in "0123456789abcdefABCDEF" for c in digest)):
         raise DiffuseError(f"inception.sha256 must be at least 8 hex digits of the file's SHA-256, got {digest!r}")
     if not isinstance(download, bool):
         raise DiffuseError(f"inception.download must be true or false, got {download!r}")
-    if not isinstance(url, str) or (path is not None and not isinstance(path, str)):
+    if (url is not None and not isinstance(url, str)) or (path is not None and not isinstance(path, str)):
         raise DiffuseError("inception.url must be a URL and inception.path a file path")
     return inception_extractor(path, url, digest, download, job.cache_dir, job.device)
 

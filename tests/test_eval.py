@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from conftest import TINY_TRAIN, run_cli
 from diffuse import DiffuseError
@@ -121,10 +122,10 @@ def test_inception_weights_load_from_a_stand_in_file_and_are_hash_checked(tmp_pa
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
-    torch.save(net.state_dict(), path, _use_new_zipfile_serialization=False)  # pytorch-fid's file is this layout
+    path = tmp_path / "pt_inception-2015-12-05-6726825d.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    extractor = inception_extractor(str(path), "https://example.invalid/w.pth", digest[:12], False, tmp_path,
+    extractor = inception_extractor(str(path), None, digest[:12], False, tmp_path,
                                     torch.device("cpu"))
     images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
     features, logits = extractor(images)
@@ -134,18 +135,19 @@ def test_inception_weights_load_from_a_stand_in_file_and_are_hash_checked(tmp_pa
     assert torch.allclose(features, want, atol=1e-5)
     assert extractor.weights_sha256 == digest
     with pytest.raises(DiffuseError, match="expected 0000"):
-        inception_extractor(str(path), "https://example.invalid/w.pth", "0000", False, tmp_path, torch.device("cpu"))
+        inception_extractor(str(path), None, "0000", False, tmp_path, torch.device("cpu"))
 
 
 BAD = [
     (("n=1",), "n must be >= 2"),
-    (("features=inception", "inception.download=false"), "inception.download=false: download https://"),
-    (("features=inception", "inception.url=http://127.0.0.1:9/none.pth"), "download"),
+    (("features=inception", "inception.download=false"), "inception.download=false: convert pytorch-fid's"),
+    (("features=inception",), "no inception.url is set: convert pytorch-fid's"),
+    (("features=inception", "inception.url=http://127.0.0.1:9/none.safetensors"), "download"),
     (("dataset=mnist", "dataset.image_size=32"), r"generates \[1, 28, 28\]"),
 ]
 
 
-@pytest.mark.parametrize("args,expected", BAD, ids=["n", "offline", "download-fails", "dataset"])
+@pytest.mark.parametrize("args,expected", BAD, ids=["n", "offline", "no-url", "download-fails", "dataset"])
 def test_bad_eval_input_gives_one_clear_line(trained, eval_cache, tmp_path, args, expected):
     env = {**cached(eval_cache), "TORCH_HOME": str(tmp_path / "torch")}
     proc = run_cli("eval", f"ckpt={trained}", "n=4", *args, cwd=tmp_path, env=env, check=False)
