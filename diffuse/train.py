@@ -34,6 +34,7 @@ EVAL_COLUMNS = ("fid", "kid", "precision", "recall", "classifier_score")  # trai
 @dataclass
 class TrainOptions:
     steps: int = 20000  # optimizer steps
+    max_minutes: float = 0.0  # also stop after this much wall-clock time in the loop, as if at the last step (0 = off)
     batch_size: int = 128  # images per step
     lr: float = 2e-4  # peak learning rate, reached after `warmup` steps
     warmup: int = 500  # linear learning-rate warm-up steps
@@ -63,7 +64,8 @@ class TrainOptions:
             raise DiffuseError(f"train.cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if self.eval_n < 2 or self.eval_steps < 1:
             raise DiffuseError(f"train.eval_n must be >= 2 and train.eval_steps >= 1, got {self.eval_n} and {self.eval_steps}")
-        for name in ("warmup", "sample_every", "ckpt_every", "grad_clip", "keep_last", "milestone_every", "eval_every"):
+        for name in ("warmup", "sample_every", "ckpt_every", "grad_clip", "keep_last", "milestone_every", "eval_every",
+                     "max_minutes"):
             if getattr(self, name) < 0:
                 raise DiffuseError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -171,6 +173,7 @@ def train(run, opts: TrainOptions) -> Path:
 
     loss_sum, loss_count = torch.zeros((), device=device), 0
     t_start = t_last = time.perf_counter()
+    deadline = t_start + 60 * opts.max_minutes if opts.max_minutes else math.inf
     with metrics, progress_bar("training", opts.steps, interactive()) as bar, StopRequest() as stop:
         for step in range(start + 1, opts.steps + 1):
             lr = lr_at(step, opts)
@@ -196,7 +199,9 @@ def train(run, opts: TrainOptions) -> Path:
                 loss_sum += loss.detach()  # no host sync until a log step
                 loss_count += 1
 
-            last = step == opts.steps
+            last = step == opts.steps or time.perf_counter() >= deadline
+            if last and step < opts.steps:
+                log.info("train.max_minutes=%g reached after step %d: finishing as the last step", opts.max_minutes, step)
             checkpoint = last or stop.signal is not None or (opts.ckpt_every and step % opts.ckpt_every == 0)
             if step % opts.log_every == 0 or last or checkpoint:
                 now = time.perf_counter()
@@ -239,7 +244,9 @@ def train(run, opts: TrainOptions) -> Path:
                 raise TrainingInterrupted(
                     f"stopped by {signal.Signals(stop.signal).name} after step {step}; checkpoint {path}. "
                     f"Resume with: {run.resume_command}")
-    log.info("done: steps %d..%d in %.1f s; checkpoint %s", start + 1, opts.steps, time.perf_counter() - t_start,
+            if last:
+                break
+    log.info("done: steps %d..%d in %.1f s; checkpoint %s", start + 1, step, time.perf_counter() - t_start,
              ckpt_dir / LAST)
     if skipped:
         log.warning("%d updates were skipped for non-finite losses", skipped)

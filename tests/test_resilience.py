@@ -42,6 +42,24 @@ def test_resume_is_bitwise_identical_to_an_unbroken_run(tmp_path, data_root):
     assert rows[0].startswith("step,") and rows[1].startswith("6,")
 
 
+def test_a_time_budget_ends_the_run_as_its_last_step_and_resume_continues_exactly(tmp_path, data_root):
+    run_cli("train", *EXACT, "train.steps=4", "hydra.run.dir=straight", cwd=tmp_path)
+    # a budget of 6 ms runs out during the first step: that step becomes the last one
+    proc = run_cli("train", *EXACT, "train.steps=4", "train.max_minutes=0.0001", "hydra.run.dir=short", cwd=tmp_path)
+    assert "train.max_minutes=0.0001 reached after step 1" in proc.stdout + proc.stderr
+    tensors, meta = load_checkpoint(tmp_path / "short")
+    assert meta["step"] == "1"
+    assert sorted(p.name for p in (tmp_path / "short" / "samples").iterdir()) == ["step_0000001.png"]  # the final grid
+    rows = (tmp_path / "short" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1"]
+    run_cli("train", *EXACT, "train.steps=4", f"resume={tmp_path / 'short'}", "hydra.run.dir=rest", cwd=tmp_path)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "rest")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    bad = run_cli("train", *EXACT, "train.max_minutes=-1", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "train.max_minutes must be >= 0, got -1.0" in bad.stderr
+
+
 def test_resume_latest_finds_the_newest_run_of_the_same_experiment(tmp_path, data_root):
     run_cli("train", *TINY_TRAIN, "train.steps=3", cwd=tmp_path)
     proc = run_cli("train", *TINY_TRAIN, "train.steps=5", "resume=latest", cwd=tmp_path)
