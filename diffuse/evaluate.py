@@ -45,6 +45,7 @@ class EvalOptions:
     pr_k: int = 3  # neighbours for the precision/recall manifolds
     guidance: float = 1.0  # classifier-free guidance scale (conditional models)
     guidance_rescale: float = 0.0  # phi of Lin et al. 2024 (0 = off)
+    clip_x0: bool = True  # clamp each x0 prediction to [-1, 1] while generating, as `diffuse sample` does
 
     def __post_init__(self) -> None:
         if self.n < 2:
@@ -377,7 +378,7 @@ def run_eval(job, opts: EvalOptions) -> Path:
     if job.generator is not None:
         run = job.generator
         numeric = resolve_precision(opts.precision, run.device)
-        denoiser = ModelDenoiser(run.model, run.schedule, run.parameterization, numeric, guidance=opts.guidance,
+        denoiser = ModelDenoiser(run.model, run.schedule, run.parameterization, numeric, opts.clip_x0, guidance=opts.guidance,
                                  guidance_rescale=opts.guidance_rescale)
         image_classes = image_labels(run.labels, opts.n)
         batches = -(-opts.n // opts.batch_size)
@@ -442,7 +443,7 @@ class BackgroundEval:
 
         extractor, ref = self._prepare()
         t0 = time.perf_counter()
-        denoiser = ModelDenoiser(model, self.run.schedule, self.run.parameterization, self.precision)
+        denoiser = ModelDenoiser(model, self.run.schedule, self.run.parameterization, self.precision, clip_x0=True)
         conditional = getattr(model, "conditional", False)
         classes = image_labels(list(range(model.num_classes)), self.opts.n) if conditional else None
         images = generate(denoiser, self.run.schedule, self.run.sampler, self.run.shape, n=self.opts.n,

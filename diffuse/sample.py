@@ -33,7 +33,7 @@ class SampleOptions:
     seed: int = 0  # image i's noise comes from its own generator, seeded from (seed, i)
     precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where native): autocast for the network
     png: bool = False  # also write one PNG per image under images/
-    clip_x0: bool = False  # clamp each x0 prediction to [-1, 1]
+    clip_x0: bool = True  # clamp each x0 prediction to [-1, 1], the data's range
     dynamic_threshold: float = 0.0  # Imagen's dynamic thresholding at this percentile of |x0| (0 = off)
     trajectory: bool = False  # also draw trajectory.png: x_t and the predicted x0 across the steps
     guidance: float = 1.0  # classifier-free guidance scale w (conditional models; 1 = conditional, 0 = unconditional)

@@ -231,7 +231,7 @@ def train(run, opts: TrainOptions) -> Path:
             if last or (opts.sample_every and step % opts.sample_every == 0):
                 classes = list(range(model.num_classes)) if conditional else None  # a row per class
                 labels = image_labels(classes, opts.sample_n)
-                images = generate(ModelDenoiser(ema, schedule, run.parameterization, numeric), schedule,
+                images = generate(ModelDenoiser(ema, schedule, run.parameterization, numeric, clip_x0=True), schedule,
                                   run.sampler, run.shape, n=opts.sample_n, batch_size=opts.sample_n,
                                   steps=opts.sample_steps, seed=run.seed, device=device, labels=labels)
                 picture = grid(images) if labels is None else class_grid(images, labels, classes)

@@ -61,6 +61,16 @@ def test_sample_is_reproducible_and_batch_size_invariant(trained, tmp_path):
     assert record["timesteps"] == [999, 749, 499, 249, -1]
 
 
+def test_sample_clamps_x0_by_default_and_can_hand_over_the_raw_prediction(trained, tmp_path):
+    run_cli("sample", f"ckpt={trained}", "steps=4", "n=4", "hydra.run.dir=default", cwd=tmp_path)
+    run_cli("sample", f"ckpt={trained}", "steps=4", "n=4", "clip_x0=true", "hydra.run.dir=on", cwd=tmp_path)
+    run_cli("sample", f"ckpt={trained}", "steps=4", "n=4", "clip_x0=false", "hydra.run.dir=off", cwd=tmp_path)
+    default, on, off = (np.load(tmp_path / d / "samples.npz")["images"] for d in ("default", "on", "off"))
+    assert np.array_equal(default, on)
+    assert not np.array_equal(on, off)  # a 6-step model's x0 predictions leave [-1, 1] at high noise
+    assert json.loads((tmp_path / "default" / "sampling.json").read_text())["options"]["clip_x0"] is True
+
+
 def test_ddpm_sampler_from_the_cli(trained, tmp_path):
     run_cli("sample", f"ckpt={trained}", "sampler=ddpm", "steps=5", "n=2", "hydra.run.dir=d", cwd=tmp_path)
     record = json.loads((tmp_path / "d" / "sampling.json").read_text())
