@@ -24,8 +24,9 @@ demo:  ## train the MNIST CPU preset (~10 min on 2 cores), then sample a grid wi
 	$(DIFFUSE) sample ckpt=outputs/demo/train steps=50 n=64 hydra.run.dir=outputs/demo/sample
 	@echo "grid: outputs/demo/sample/grid.png"
 
-bench:  ## training speed of the default MNIST model, fp32 vs bf16 (JSON + Markdown in benchmarks/results/)
-	$(PY) benchmarks/train_speed.py
+bench:  ## diffuse vs a matched diffusers UNet2DModel, and each speed lever (JSON + Markdown in benchmarks/results/)
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) benchmarks/bench.py --levers
 
 lint:
 	$(PY) -m ruff check diffuse tests benchmarks || echo "ruff not installed: pip install ruff"

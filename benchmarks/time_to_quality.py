@@ -1,0 +1,131 @@
+"""Time to quality: what each trainer reaches in the same wall-clock budget on this machine.
+
+    python benchmarks/time_to_quality.py --out DIR [--diffuse-minutes 10] [--diffusers-minutes 10,30]
+                                         [--n 2000] [--steps 20] [--rate 50]
+
+1. `diffuse train experiment=mnist_cpu train.max_minutes=M train.sample_every=0` (the MNIST CPU preset,
+   stopped by its wall-clock budget, or at its 1800 steps if that comes first);
+2. the diffusers baseline (benchmarks/diffusers_baseline.py: a matched UNet2DModel trained with the recipe of
+   diffusers' train_unconditional.py at batch 128), with EMA snapshots at each budget; its cosine schedule is
+   planned for the longest budget at --rate images/s (take it from `make bench`);
+3. n images from each with DDIM at --steps steps (diffuse: `diffuse sample`; diffusers: DDIMPipeline);
+4. `diffuse eval samples=... dataset=mnist` on each: FID etc. on the domain classifier's features against the
+   10,000 test images, with the floor (n real training images) beside.
+Each stage is skipped when its output exists, so a run can be continued. Writes DIR/time_to_quality.{json,md}.
+Set DIFFUSE_DATA_ROOT (MNIST/raw) and DIFFUSE_CACHE (the classifier) as for the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DIFFUSE = [sys.executable, "-m", "diffuse"]
+
+
+def sh(cmd: list[str], log: Path) -> None:
+    """Run cmd with its output in `log`; its wall time and peak RSS go to `log`.json."""
+    print("$", " ".join(cmd), flush=True)
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource usage
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    log.with_suffix(".json").write_text(json.dumps({"cmd": cmd, "wall_s": round(wall, 1),
+                                                    "peak_rss_MB": round(usage.ru_maxrss / 1024, 1)}) + "\n")
+    if proc.returncode:
+        raise SystemExit(f"failed ({proc.returncode}) after {wall:.0f} s; see {log}")
+    print(f"  done in {wall:.0f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MB", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--diffuse-minutes", type=float, default=10.0)
+    ap.add_argument("--diffusers-minutes", default="10,30")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rate", type=float, default=50.0, help="the baseline's training images/s (from make bench)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    budgets = sorted(float(m) for m in args.diffusers_minutes.split(","))
+    runs = []  # (name, minutes, samples.npz)
+
+    d_run = out / "diffuse_train"
+    if not (d_run / "checkpoints" / "last.safetensors").exists():
+        sh([*DIFFUSE, "train", "experiment=mnist_cpu", f"train.max_minutes={args.diffuse_minutes}",
+            "train.sample_every=0", f"hydra.run.dir={d_run}"], out / "diffuse_train.log")
+    d_samples = out / "diffuse_sample"
+    if not (d_samples / "samples.npz").exists():
+        sh([*DIFFUSE, "sample", f"ckpt={d_run}", f"n={args.n}", f"steps={args.steps}", "batch_size=250",
+            f"seed={args.seed}", "precision=auto", f"hydra.run.dir={d_samples}"], out / "diffuse_sample.log")
+    runs.append(("diffuse mnist_cpu preset", args.diffuse_minutes, d_samples / "samples.npz", d_run, "diffuse_train"))
+
+    b_run = out / "diffusers_train"
+    if not all((b_run / f"ema_{m:g}min.safetensors").exists() for m in budgets):
+        sh([sys.executable, str(HERE / "diffusers_baseline.py"), "train", "--out", str(b_run), "--minutes",
+            str(max(budgets)), "--snapshots", ",".join(f"{m:g}" for m in budgets), "--rate", str(args.rate)],
+           out / "diffusers_train.log")
+    for m in budgets:
+        npz = out / f"diffusers_{m:g}min.npz"
+        if not npz.exists():
+            sh([sys.executable, str(HERE / "diffusers_baseline.py"), "sample", "--ckpt",
+                str(b_run / f"ema_{m:g}min.safetensors"), "--n", str(args.n), "--steps", str(args.steps),
+                "--seed", str(args.seed), "--out", str(npz)], out / f"diffusers_sample_{m:g}.log")
+        runs.append(("diffusers UNet2DModel, train_unconditional recipe", m, npz, b_run, "diffusers_train"))
+
+    rows = []
+    for name, minutes, npz, run, train_log in runs:
+        ev = out / f"eval_{npz.parent.name if npz.name == 'samples.npz' else npz.stem}"
+        if not (ev / "metrics.json").exists():
+            sh([*DIFFUSE, "eval", f"samples={npz}", "dataset=mnist", f"hydra.run.dir={ev}"], out / f"{ev.name}.log")
+        m = json.loads((ev / "metrics.json").read_text())
+        rows.append({"trainer": name, "minutes": minutes, "samples": str(npz), "metrics": m["metrics"],
+                     "floor": m.get("floor", {}), "progress": progress(run, minutes),
+                     "train_process": json.loads((out / f"{train_log}.json").read_text())})
+    (out / "time_to_quality.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    lines = [f"n={args.n} per row, DDIM-{args.steps}, seed {args.seed}; classifier features, reference = the 10,000 "
+             f"MNIST test images", "",
+             "| trainer | budget | steps (images seen) | FID | KID | precision | recall | classifier score | "
+             "training peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m, p = r["metrics"], r["progress"]
+        lines.append(f"| {r['trainer']} | {r['minutes']:g} min | {p} | {m['fid']:.2f} | {m['kid']:.3f} | "
+                     f"{m['precision']:.3f} | {m['recall']:.3f} | {m['classifier_score']:.2f} | "
+                     f"{r['train_process']['peak_rss_MB']:.0f} MB |")
+    floor = rows[0]["floor"]
+    if floor:
+        lines.append(f"| real training images (the floor) | | | {floor['fid']:.2f} | {floor['kid']:.3f} | "
+                     f"{floor['precision']:.3f} | {floor['recall']:.3f} | {floor['classifier_score']:.2f} | |")
+    (out / "time_to_quality.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def progress(run: Path, minutes: float) -> str:
+    """Optimizer steps and images seen at the end of a budget, from the run's own log."""
+    from safetensors import safe_open
+
+    try:
+        if (run / "metrics.csv").exists():  # diffuse
+            with safe_open(str(run / "checkpoints" / "last.safetensors"), "pt") as f:
+                meta = f.metadata()
+            step, batch = int(meta["step"]), json.loads(meta["config"])["train"]["batch_size"]
+            return f"{step} ({step * batch:,})"
+        with safe_open(str(run / f"ema_{minutes:g}min.safetensors"), "pt") as f:
+            step = int(f.metadata()["step"])
+        return f"{step} ({step * 128:,})"
+    except Exception as e:  # the table still prints
+        return f"? ({type(e).__name__})"
+
+
+if __name__ == "__main__":
+    main()

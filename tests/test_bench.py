@@ -1,0 +1,36 @@
+"""`make bench` keeps working: the benchmark script runs end to end at a tiny size and writes its tables."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA_ROOT, REPO
+
+
+def test_bench_without_the_baseline_writes_json_and_markdown(tmp_path, data_root):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--no-diffusers", "--seconds", "0", "--batch-size",
+           "8", "--sample-n", "2", "--sample-batch", "2", "--nfe", "1,2", "--precisions", "fp32", "--levers",
+           "ema_loop", "--out", str(tmp_path)]
+    env = {**os.environ, "DIFFUSE_DATA_ROOT": str(DATA_ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "bench.json").read_text())["results"]
+    kinds = sorted((r["kind"], r.get("precision") if r["kind"] == "train" else r.get("nfe", r.get("lever")))
+                   for r in results)
+    assert kinds == [("lever", "ema_loop"), ("lever", "shipped"), ("sample", 1), ("sample", 2), ("train", "fp32")]
+    assert all(r["images_per_s"] > 0 and r["peak_rss_MB"] > 0 for r in results)
+    assert next(r for r in results if r["kind"] == "train")["params"] == 1191233  # the default unet_mnist
+    md = (tmp_path / "bench.md").read_text()
+    assert "| training images/s, fp32 |" in md and "| sampling images/s, DDIM 2 NFE |" in md and "| ema_loop |" in md
+
+
+def test_bench_asks_for_the_extra_when_diffusers_is_missing(tmp_path):
+    if importlib.util.find_spec("diffusers") is not None:
+        pytest.skip("diffusers is installed here: nothing to refuse")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and 'pip install -e ".[bench]"' in proc.stderr
