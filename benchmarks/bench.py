@@ -8,7 +8,8 @@ Every figure runs in its own process (clean peak memory, no warm caches shared):
   `train_unconditional.py` example (benchmarks/diffusers_baseline.py; median step after two warm-up steps);
   same batch size, each for about --seconds;
 - sampling images/s with DDIM at 10 and 50 network evaluations, --sample-n images at the best precision of
-  each (diffuse's `generate` with `precision=auto`, diffusers' `DDIMPipeline`), after one warm-up call;
+  each (diffuse's `generate` with `precision=auto`, diffusers' `DDIMPipeline` under bf16 autocast where the CPU
+  has native bf16, as `auto` decides), after one warm-up call;
 - peak resident memory of each process (interpreter, torch, the data set and the work).
 `--levers` adds the speed levers, each switched on its own in a replica of diffuse's training step (same
 loss, optimizer, EMA and data code) and compared with the shipped settings in the same run.
@@ -161,11 +162,12 @@ def sample_diffuse(nfe: int, n: int, batch_size: int, precision: str = "auto", c
 def sample_diffusers(nfe: int, n: int, batch_size: int) -> dict:
     import diffusers_baseline
 
+    numeric = diffusers_baseline.resolve("auto")  # bf16 autocast where native, as diffuse's precision=auto
     pipe = diffusers_baseline.ddim_pipeline()
-    diffusers_baseline.generate(pipe, min(n, batch_size), 2, batch_size, 0)  # warm-up
+    diffusers_baseline.generate(pipe, min(n, batch_size), 2, batch_size, 0, numeric)  # warm-up
     t = time.perf_counter()
-    diffusers_baseline.generate(pipe, n, nfe, batch_size, 0)
-    return {"images_per_s": n / (time.perf_counter() - t), "precision": "fp32"}
+    diffusers_baseline.generate(pipe, n, nfe, batch_size, 0, numeric)
+    return {"images_per_s": n / (time.perf_counter() - t), "precision": numeric}
 
 
 # Each lever on its own, in a replica of diffuse.train's step (the same functions, minus logging and checkpoints).

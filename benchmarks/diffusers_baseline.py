@@ -10,7 +10,8 @@ AttnUpBlock2D) plus diffusers' mid-block attention: 1.11M parameters, within 10%
 (lr 1e-4, betas 0.95/0.999, weight decay 1e-6, eps 1e-8), a cosine schedule with 500 warm-up steps over the
 planned steps, gradient clipping at 1.0, EMAModel (0.9999, warm-up power 3/4), a torchvision DataLoader with
 per-image transforms (Resize, CenterCrop, ToTensor, Normalize), `loss.item()` every step for the progress bar.
-Mixed precision is what accelerate does on a CPU: `torch.autocast("cpu", bfloat16)` around the forward.
+Mixed precision is what accelerate does on a CPU: `torch.autocast("cpu", bfloat16)` around the forward;
+`--precision auto` (the default) picks it where the CPU computes bf16 natively, as diffuse's `auto` does.
 
 Weights are written as safetensors (diffuse never unpickles anything). Needs `pip install -e ".[bench]"`.
 """
@@ -122,13 +123,22 @@ def ddim_pipeline(state: dict[str, torch.Tensor] | None = None):
     return pipe
 
 
-def generate(pipe, n: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
-    """n images (n,28,28,1) uint8 from DDIMPipeline (eta 0), as a user would call it."""
+def resolve(precision: str) -> str:
+    """`auto` -> bf16 where this CPU computes it natively (AVX512-BF16 or AMX), else fp32; as diffuse decides."""
+    from diffuse.precision import native_bf16
+
+    if precision == "auto":
+        return "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    return precision
+
+
+def generate(pipe, n: int, steps: int, batch_size: int, seed: int, precision: str = "fp32") -> np.ndarray:
+    """n images (n,28,28,1) uint8 from DDIMPipeline (eta 0), as a user would call it (bf16: under autocast)."""
     out = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         g = torch.Generator().manual_seed(seed + start)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             images = pipe(batch_size=b, generator=g, num_inference_steps=steps, output_type="np").images  # (b,H,W,1)
         out.append(np.clip(np.round(images * 255), 0, 255).astype(np.uint8))
     return np.concatenate(out)
@@ -141,7 +151,9 @@ def cmd_train(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     snapshots = sorted(float(s) for s in args.snapshots.split(",")) if args.snapshots else [args.minutes]
     planned = args.planned_steps or max(1, round(args.minutes * 60 * args.rate / args.batch_size))
-    trainer = Trainer(args.batch_size, args.precision, planned, args.seed)
+    precision = resolve(args.precision)
+    print(json.dumps({"precision": precision, "planned_steps": planned}), flush=True)
+    trainer = Trainer(args.batch_size, precision, planned, args.seed)
     log = open(out / "log.csv", "w")
     log.write("step,loss,elapsed_s\n")
     t0 = time.perf_counter()
@@ -167,9 +179,11 @@ def cmd_sample(args) -> None:
 
     pipe = ddim_pipeline(load_file(args.ckpt))
     t0 = time.perf_counter()
-    images = generate(pipe, args.n, args.steps, args.batch_size, args.seed)
+    precision = resolve(args.precision)
+    images = generate(pipe, args.n, args.steps, args.batch_size, args.seed, precision)
     np.savez(args.out, images=images)
-    print(json.dumps({"n": args.n, "steps": args.steps, "seconds": round(time.perf_counter() - t0, 1)}))
+    print(json.dumps({"n": args.n, "steps": args.steps, "precision": precision,
+                      "seconds": round(time.perf_counter() - t0, 1)}))
 
 
 def main() -> None:
@@ -181,7 +195,7 @@ def main() -> None:
     t.add_argument("--minutes", type=float, default=30.0)
     t.add_argument("--snapshots", default="", help="minutes at which to save EMA weights (default: --minutes)")
     t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     t.add_argument("--rate", type=float, default=50.0, help="expected images/s, to plan the cosine schedule")
     t.add_argument("--planned-steps", type=int, default=0, help="cosine horizon (default: minutes x rate / batch)")
     t.add_argument("--seed", type=int, default=0)
@@ -190,6 +204,7 @@ def main() -> None:
     s.add_argument("--n", type=int, default=2000)
     s.add_argument("--steps", type=int, default=50)
     s.add_argument("--batch-size", type=int, default=250)
+    s.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     args = ap.parse_args()

@@ -7,7 +7,8 @@
    stopped by its wall-clock budget, or at its 1800 steps if that comes first);
 2. the diffusers baseline (benchmarks/diffusers_baseline.py: a matched UNet2DModel trained with the recipe of
    diffusers' train_unconditional.py at batch 128), with EMA snapshots at each budget; its cosine schedule is
-   planned for the longest budget at --rate images/s (take it from `make bench`);
+   planned for the longest budget at --rate images/s (take it from `make bench`); both train and sample at
+   precision auto (bf16 autocast where the CPU computes bf16 natively, else fp32), each at its best;
 3. n images from each with DDIM at --steps steps (diffuse: `diffuse sample`; diffusers: DDIMPipeline);
 4. `diffuse eval samples=... dataset=mnist` on each: FID etc. on the domain classifier's features against the
    10,000 test images, with the floor (n real training images) beside.

@@ -2,10 +2,12 @@
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import DATA_ROOT, REPO
@@ -34,3 +36,29 @@ def test_bench_asks_for_the_extra_when_diffusers_is_missing(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and 'pip install -e ".[bench]"' in proc.stderr
+
+
+def test_the_diffusers_baseline_trains_snapshots_and_samples(tmp_path, data_root):
+    """benchmarks/diffusers_baseline.py end to end at a tiny size (runs where the `bench` extra is installed)."""
+    pytest.importorskip("diffusers")
+    from safetensors import safe_open
+
+    script, env = str(REPO / "benchmarks" / "diffusers_baseline.py"), {**os.environ, "DIFFUSE_DATA_ROOT": str(DATA_ROOT)}
+    train = subprocess.run([sys.executable, script, "train", "--out", str(tmp_path), "--minutes", "0.001",
+                            "--batch-size", "4", "--precision", "fp32"], capture_output=True, text=True, timeout=600,
+                           env=env)
+    assert train.returncode == 0, train.stderr[-2000:]
+    snapshot = tmp_path / "ema_0.001min.safetensors"
+    with safe_open(str(snapshot), "pt") as f:
+        assert int(f.metadata()["step"]) >= 1
+        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    assert params == 1112801  # the matched UNet2DModel: within 10% of unet_mnist's 1,191,233
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.npz"
+        sample = subprocess.run([sys.executable, script, "sample", "--ckpt", str(snapshot), "--n", "3", "--steps", "2",
+                                 "--batch-size", "2", "--precision", precision, "--out", str(out)],
+                                capture_output=True, text=True, timeout=600, env=env)
+        assert sample.returncode == 0, sample.stderr[-2000:]
+        assert json.loads(sample.stdout.strip().splitlines()[-1])["precision"] == precision
+        images = np.load(out)["images"]
+        assert images.shape == (3, 28, 28, 1) and images.dtype == np.uint8 and images.std() > 0
