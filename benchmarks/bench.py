@@ -161,8 +161,9 @@ def sample_diffuse(nfe: int, n: int, batch_size: int, precision: str = "auto", c
 
 def sample_diffusers(nfe: int, n: int, batch_size: int) -> dict:
     import diffusers_baseline
+    from diffuse.precision import resolve
 
-    numeric = diffusers_baseline.resolve("auto")  # bf16 autocast where native, as diffuse's precision=auto
+    numeric = resolve("auto", torch.device("cpu"))  # bf16 autocast where native, as for diffuse
     pipe = diffusers_baseline.ddim_pipeline()
     diffusers_baseline.generate(pipe, min(n, batch_size), 2, batch_size, 0, numeric)  # warm-up
     t = time.perf_counter()

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffuse.precision import resolve
+
 MNIST_ROOT = os.environ.get("DIFFUSE_DATA_ROOT", "./data")
 
 
@@ -123,15 +125,6 @@ def ddim_pipeline(state: dict[str, torch.Tensor] | None = None):
     return pipe
 
 
-def resolve(precision: str) -> str:
-    """`auto` -> bf16 where this CPU computes it natively (AVX512-BF16 or AMX), else fp32; as diffuse decides."""
-    from diffuse.precision import native_bf16
-
-    if precision == "auto":
-        return "bf16" if native_bf16(torch.device("cpu")) else "fp32"
-    return precision
-
-
 def generate(pipe, n: int, steps: int, batch_size: int, seed: int, precision: str = "fp32") -> np.ndarray:
     """n images (n,28,28,1) uint8 from DDIMPipeline (eta 0), as a user would call it (bf16: under autocast)."""
     out = []
@@ -151,7 +144,7 @@ def cmd_train(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     snapshots = sorted(float(s) for s in args.snapshots.split(",")) if args.snapshots else [args.minutes]
     planned = args.planned_steps or max(1, round(args.minutes * 60 * args.rate / args.batch_size))
-    precision = resolve(args.precision)
+    precision = resolve(args.precision, torch.device("cpu"))  # auto: bf16 where native, as diffuse decides
     print(json.dumps({"precision": precision, "planned_steps": planned}), flush=True)
     trainer = Trainer(args.batch_size, precision, planned, args.seed)
     log = open(out / "log.csv", "w")
@@ -179,7 +172,7 @@ def cmd_sample(args) -> None:
 
     pipe = ddim_pipeline(load_file(args.ckpt))
     t0 = time.perf_counter()
-    precision = resolve(args.precision)
+    precision = resolve(args.precision, torch.device("cpu"))
     images = generate(pipe, args.n, args.steps, args.batch_size, args.seed, precision)
     np.savez(args.out, images=images)
     print(json.dumps({"n": args.n, "steps": args.steps, "precision": precision,
