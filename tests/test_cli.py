@@ -138,6 +138,7 @@ def _bad(tmp_path, *args, env=None):
     (("train", "optimizer._target_=torch.optim.SGD"), "optimizer torch.optim.SGD"),
     (("train", "optimizer.weight_decay=-1"), "Invalid weight_decay"),
     (("train", "model.head_dim=0"), "diffuse.models.unet.UNet"),
+    (("train", "model.upsample=bilinear"), "upsample 'bilinear' is not one of nearest_conv, conv_nearest"),
     (("train", "seed=abc"), "seed must be an integer"),
     (("train", "device=null"), "is not a device"),
     (("train", "dataset.image_size=100000"), "image_size must be in 8..1024"),

@@ -61,6 +61,40 @@ def test_every_model_builds_and_keeps_the_image_shape(name):
     assert out.shape == shape
 
 
+def test_upsample_orders_share_weights_and_differ_only_in_where_the_conv_runs():
+    from torch.nn import functional as F
+
+    from diffuse.models.layers import Upsample
+
+    first, last = Upsample(4, "conv_nearest"), Upsample(4, "nearest_conv")
+    last.load_state_dict(first.state_dict())  # same parameters, same names
+    x = torch.randn(2, 4, 7, 7, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(first(x, (14, 14)), F.interpolate(first.conv(x), size=(14, 14), mode="nearest"))
+        assert torch.equal(last(x, (14, 14)), first.conv(F.interpolate(x, size=(14, 14), mode="nearest")))
+        assert first(x, (14, 14)).shape == last(x, (14, 14)).shape == (2, 4, 14, 14)
+        assert not torch.allclose(first(x, (14, 14)), last(x, (14, 14)))  # the 3x3 window spans 3 or 1.5 input pixels
+    with pytest.raises(ValueError, match="upsample 'bilinear' is not one of nearest_conv, conv_nearest"):
+        Upsample(4, "bilinear")
+
+
+@pytest.mark.parametrize("order", ["nearest_conv", "conv_nearest"])
+def test_a_narrowing_upsample_hands_each_level_its_own_width(order):
+    """upsample_narrows: the conv maps to the width of the level it enters (U-Net's up-convolution)."""
+    from diffuse.models.layers import Upsample
+    from diffuse.models.unet import UNet
+
+    sizes = dict(in_channels=1, channels=8, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(),
+                 head_dim=8, groups=4, upsample=order)
+    wide, narrow = UNet(**sizes), UNet(**sizes, upsample_narrows=True)
+    convs = lambda m: [(u.conv.in_channels, u.conv.out_channels) for u in m.modules() if isinstance(u, Upsample)]
+    assert convs(wide) == [(32, 32), (16, 16)] and convs(narrow) == [(32, 16), (16, 8)]
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in wide.parameters())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert narrow(x, torch.tensor([3.0, 700.0])).shape == (2, 1, 28, 28)
+
+
 @pytest.mark.parametrize("name", options("schedule"))
 def test_every_schedule_builds(name):
     schedule = build(composed("train", f"schedule={name}").schedule)

@@ -25,6 +25,8 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         conditional: bool = False,  # add a class-label embedding
         num_classes: int = 10,  # classes of the data set (set from it when training)
+        upsample: str = "nearest_conv",  # the order of the up path's conv and 2x nearest (see layers.Upsample)
+        upsample_narrows: bool = False,  # the up path's conv maps to the width of the level it enters
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -68,7 +70,9 @@ class UNet(nn.Module):
                     block.append(Attention(c, groups, head_dim))
                 self.up.append(block)
             if level > 0:
-                self.up.append(nn.ModuleList([Upsample(c)]))
+                c_next = channels * channel_mult[level - 1] if upsample_narrows else c
+                self.up.append(nn.ModuleList([Upsample(c, upsample, c_next)]))
+                c = c_next
 
         self.head = nn.Sequential(group_norm(c, groups), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
