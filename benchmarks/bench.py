@@ -14,7 +14,9 @@ Every figure runs in its own process (clean peak memory, no warm caches shared):
 `--levers` adds the speed levers, each switched on its own in a replica of diffuse's training step (same
 loss, optimizer, EMA and data code) and compared with the shipped settings in the same run.
 Training rows also carry FLOPs per image (torch's FlopCounterMode, forward + backward), the achieved FLOP/s
-and, for bf16 on a known CUDA GPU, the model FLOP utilisation. On a GPU machine, a CIFAR-sized run:
+and, for bf16 on a known CUDA GPU, the model FLOP utilisation; on a GPU, every row has its peak GPU memory.
+`--compile` adds compiled training rows: the model is compiled first (forward + backward at the training
+shape, timed and reported), so that the loop's own compile finds the caches warm. On a GPU, a CIFAR-sized run:
 
     python benchmarks/bench.py --model unet_cifar --set dataset.channels=3 --set dataset.image_size=32 \
         --precisions bf16 --compile --batch-size 256 --nfe 50
@@ -98,16 +100,44 @@ def train_diffuse(precision: str, batch_size: int, seconds: float, model: str = 
                             *overrides])
     with tempfile.TemporaryDirectory() as out:
         run = build_train(cfg, out)
+        numeric = resolve(precision, run.device)
         params = sum(p.numel() for p in run.model.parameters())
         flops = train_flops_per_image(run.model.to(run.device), run.shape, run.device)
-        train(run, options(TrainOptions, cfg.train, "train."))
+        compile_s = compile_warmup(run, batch_size, numeric) if compile else 0.0
+        opts = options(TrainOptions, cfg.train, "train.")
+        # the loop's deadline counts from its first step; a compile it repeats (cache miss) must not eat the timing
+        opts.max_minutes = (max(seconds, 1.0) + compile_s) / 60
+        train(run, opts)
         rows = [r for r in csv.DictReader(open(Path(out) / "metrics.csv")) if r["images_per_s"]]
     rates = [float(r["images_per_s"]) for r in rows[1:-1]] or [float(rows[-1]["images_per_s"])]
     ips = statistics.median(rates)
-    util = mfu(flops * ips, run.device, resolve(precision, run.device))
+    util = mfu(flops * ips, run.device, numeric)
     return {"params": params, "images_per_s": ips, "steps": int(rows[-1]["step"]), "device": str(run.device),
             "train_GFLOP_per_image": round(flops / 1e9, 3), "achieved_TFLOP_per_s": round(flops * ips / 1e12, 3),
+            **({"compile_s": round(compile_s, 1)} if compile else {}),
             **({"mfu": round(util, 4)} if util is not None else {})}
+
+
+def compile_warmup(run, batch_size: int, numeric: str) -> float:
+    """Seconds to torch.compile the model's training step (forward + backward at the training batch shape),
+    done before the timed loop so that the loop's own compile finds the caches warm."""
+    from diffuse.loss import diffusion_loss
+    from diffuse.precision import autocast
+
+    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+    model = run.model.to(run.device).train()
+    forward = torch.compile(model)
+    x0 = torch.randn(batch_size, *run.shape, device=run.device)  # (B,C,H,W)
+    generator = torch.Generator(run.device).manual_seed(0)
+    t = time.perf_counter()
+    for _ in range(2):  # the second call catches a recompile
+        with autocast(numeric, run.device):
+            loss = diffusion_loss(forward, run.schedule, x0, run.parameterization, generator,
+                                  run.schedule.abar.to(run.device))
+        loss.backward()
+        sync()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - t
 
 
 def time_steps(step, batch_size: int, seconds: float, warmup: int = 2, min_steps: int = 3) -> dict:
@@ -153,9 +183,12 @@ def sample_diffuse(nfe: int, n: int, batch_size: int, precision: str = "auto", c
         return generate(denoiser, run.schedule, run.sampler, run.shape, n=k, batch_size=batch_size, steps=steps,
                         seed=0, device=run.device)
 
+    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
     draw(min(n, batch_size), 2)  # warm-up
+    sync()
     t = time.perf_counter()
     draw(n, nfe)  # DDIM: one network evaluation per step
+    sync()
     return {"images_per_s": n / (time.perf_counter() - t), "precision": numeric}
 
 
@@ -185,9 +218,18 @@ LEVERS = {  # name -> (what changes, settings)
     "sync_every_step": ("loss.item() every step (a host sync) instead of at log steps", {"sync": True}),
     "dataloader": ("torchvision DataLoader with per-image transforms instead of the in-memory tensor",
                    {"data": "dataloader"}),
-    "attn_14": ("attention at 14x14 as well as 7x7", {"model": ["model.attention_levels=[1,2]"]}),
-    "attn_mid_only": ("attention only in the middle block (none in the 7x7 level)", {"model": ["model.attention_levels=[]"]}),
-    "width_48": ("width 48 instead of 32 (2.6M parameters)", {"model": ["model.channels=48"]}),
+    "attn_7": ("self-attention at 7x7 as well as in the middle block", {"model": ["model.attention_levels=[2]"]}),
+    "attn_14": ("self-attention at 14x14 and 7x7 as well", {"model": ["model.attention_levels=[1,2]"]}),
+    "upsample_keeps_width": ("the up path's conv keeps the width (64 channels enter the 28x28 level, not 32)",
+                             {"model": ["model.upsample_narrows=false"]}),
+    "upsample_ddpm": ("DDPM's upsampling: 2x nearest, then the conv at the high resolution, keeping the width",
+                      {"model": ["model.upsample=nearest_conv", "model.upsample_narrows=false"]}),
+    "previous_default": ("the earlier default: DDPM's upsampling and attention at 7x7 too (1.19M parameters)",
+                         {"model": ["model.upsample=nearest_conv", "model.upsample_narrows=false",
+                                    "model.attention_levels=[2]"]}),
+    "narrow_28": ("widths 16/64/64 instead of 32/64/64 (fewer FLOPs at 28x28; 0.92M parameters)",
+                  {"model": ["model.channels=16", "model.channel_mult=[1,4,4]"]}),
+    "wider": ("widths 48/96/96 instead of 32/64/64 (2.5M parameters)", {"model": ["model.channels=48"]}),
     "two_blocks": ("2 residual blocks per level instead of 1", {"model": ["model.num_res_blocks=2"]}),
     "batch_64": ("batch 64 instead of --batch-size (the MNIST CPU preset's batch)", {"batch": 64}),
 }
@@ -274,7 +316,8 @@ def measure(spec: dict) -> dict:
     else:
         result = train_lever(spec["lever"], spec["batch_size"], spec["seconds"], model, overrides)
     result["images_per_s"] = round(result["images_per_s"], 2)
-    return {**spec, **result, "peak_rss_MB": peak_rss_mb(), "threads": torch.get_num_threads()}
+    gpu = {"peak_gpu_MB": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if torch.cuda.is_available() else {}
+    return {**spec, **result, "peak_rss_MB": peak_rss_mb(), **gpu, "threads": torch.get_num_threads()}
 
 
 def run_one(spec: dict) -> dict:
@@ -299,7 +342,8 @@ def machine() -> str:
     except OSError:
         pass
     cap = torch.backends.cpu.get_cpu_capability()
-    return f"{name} ({cap}), {torch.get_num_threads()} threads, torch {torch.__version__}"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{name} ({cap}), {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
 
 
 def fmt(x: float | None, unit: str = "") -> str:
@@ -332,7 +376,8 @@ def table(results: list[dict], have_diffusers: bool) -> list[str]:
     lines.append("| parameters | " + " | ".join(f"{p:.2f}M" if p else "—" for p in params)
                  + (f" | {params[0] / params[1]:.2f} |" if have_diffusers and all(params) else " |"))
     for p in ("fp32", "bf16"):
-        row(f"training images/s, {p}", [train[(i, p)]["images_per_s"] if train[(i, p)] else None for i in impls])
+        if any(train[(i, p)] for i in impls):
+            row(f"training images/s, {p}", [train[(i, p)]["images_per_s"] if train[(i, p)] else None for i in impls])
     best = {i: max((train[(i, p)] for p in ("fp32", "bf16") if train[(i, p)]), key=lambda r: r["images_per_s"],
                    default=None) for i in impls}
     row("training images/s, each at its best precision (" + " / ".join(
@@ -342,6 +387,8 @@ def table(results: list[dict], have_diffusers: bool) -> list[str]:
         compiled = get("diffuse", "train", precision=p, compile=True)
         if compiled:
             row(f"training images/s, {p}, torch.compile", [compiled["images_per_s"]] + [None] * (len(impls) - 1))
+            row(f"torch.compile time (forward + backward, before the timed loop), {p}, s",
+                [compiled["compile_s"]] + [None] * (len(impls) - 1), higher_better=False)
     flops = next((r for r in results if r["kind"] == "train" and "train_GFLOP_per_image" in r), None)
     if flops:
         row("training GFLOP per image (forward + backward)", [flops["train_GFLOP_per_image"]] + [None] * (len(impls) - 1))
@@ -355,6 +402,9 @@ def table(results: list[dict], have_diffusers: bool) -> list[str]:
         row(f"sampling images/s, DDIM {nfe} NFE", [(get(i, "sample", nfe=nfe) or {}).get("images_per_s") for i in impls])
     row("peak RSS of the best-precision training process, MB",
         [best[i]["peak_rss_MB"] if best[i] else None for i in impls], higher_better=False)
+    if any(best[i] and "peak_gpu_MB" in best[i] for i in impls):
+        row("peak GPU memory allocated by it, MB", [(best[i] or {}).get("peak_gpu_MB") for i in impls],
+            higher_better=False)
     return lines
 
 
