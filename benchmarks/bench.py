@@ -48,6 +48,12 @@ OUT = HERE / "results"
 sys.path.insert(0, str(HERE))
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work (it runs asynchronously), so that a timer read after this covers it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -124,7 +130,6 @@ def compile_warmup(run, batch_size: int, numeric: str) -> float:
     from diffuse.loss import diffusion_loss
     from diffuse.precision import autocast
 
-    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
     model = run.model.to(run.device).train()
     forward = torch.compile(model)
     x0 = torch.randn(batch_size, *run.shape, device=run.device)  # (B,C,H,W)
@@ -135,22 +140,21 @@ def compile_warmup(run, batch_size: int, numeric: str) -> float:
             loss = diffusion_loss(forward, run.schedule, x0, run.parameterization, generator,
                                   run.schedule.abar.to(run.device))
         loss.backward()
-        sync()
+        synchronize()
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - t
 
 
 def time_steps(step, batch_size: int, seconds: float, warmup: int = 2, min_steps: int = 3) -> dict:
     """Call step() `warmup` times, then until `seconds` have passed (at least min_steps); median images/s."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # GPU work is asynchronous
     for _ in range(warmup):
         step()
-    sync()
+    synchronize()
     times, t0 = [], time.perf_counter()
     while len(times) < min_steps or time.perf_counter() - t0 < seconds:
         t = time.perf_counter()
         step()
-        sync()
+        synchronize()
         times.append(time.perf_counter() - t)
     return {"images_per_s": batch_size / statistics.median(times), "steps": len(times) + warmup}
 
@@ -183,12 +187,11 @@ def sample_diffuse(nfe: int, n: int, batch_size: int, precision: str = "auto", c
         return generate(denoiser, run.schedule, run.sampler, run.shape, n=k, batch_size=batch_size, steps=steps,
                         seed=0, device=run.device)
 
-    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
     draw(min(n, batch_size), 2)  # warm-up
-    sync()
+    synchronize()
     t = time.perf_counter()
     draw(n, nfe)  # DDIM: one network evaluation per step
-    sync()
+    synchronize()
     return {"images_per_s": n / (time.perf_counter() - t), "precision": numeric}
 
 
