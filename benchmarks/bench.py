@@ -92,12 +92,23 @@ def mfu(flops_per_s: float, device: torch.device, precision: str) -> float | Non
     return None if peak is None else flops_per_s / peak
 
 
+def train_job(cfg, out: str):
+    """diffuse's training job for a composed config, as `diffuse train` builds it: (job, options)."""
+    from diffuse.config import options
+    from diffuse.run import Context, build_train
+    from diffuse.train import TrainOptions
+
+    opts = options(TrainOptions, cfg.train, "train.")
+    return build_train(cfg, Context(Path(out)), opts), opts
+
+
 def train_diffuse(precision: str, batch_size: int, seconds: float, model: str = "unet_mnist",
                   overrides: list[str] = (), compile: bool = False) -> dict:
     """The real training loop for about `seconds`; images/s from its own metrics.csv rows."""
+    from dataclasses import replace
+
     from diffuse.precision import resolve
-    from diffuse.run import build_train, options
-    from diffuse.train import TrainOptions, train
+    from diffuse.train import train
 
     cfg = compose("train", [f"model={model}", f"train.precision={precision}", f"train.batch_size={batch_size}",
                             f"train.compile={str(compile).lower()}",
@@ -105,41 +116,39 @@ def train_diffuse(precision: str, batch_size: int, seconds: float, model: str = 
                             "train.sample_every=0", "train.sample_n=1", "train.sample_steps=1", "train.ckpt_every=0",
                             *overrides])
     with tempfile.TemporaryDirectory() as out:
-        run = build_train(cfg, out)
-        numeric = resolve(precision, run.device)
-        params = sum(p.numel() for p in run.model.parameters())
-        flops = train_flops_per_image(run.model.to(run.device), run.shape, run.device)
-        compile_s = compile_warmup(run, batch_size, numeric) if compile else 0.0
-        opts = options(TrainOptions, cfg.train, "train.")
+        job, opts = train_job(cfg, out)
+        numeric = resolve(precision, job.device)
+        network = job.model.network
+        params = sum(p.numel() for p in network.parameters())
+        flops = train_flops_per_image(network.to(job.device), job.model.shape, job.device)
+        compile_s = compile_warmup(job, batch_size, numeric) if compile else 0.0
         # the time budget (set here, once compile_s is known): the loop's deadline counts from its first step,
         # and a compile it repeats (cache miss) must not eat the timing
-        opts.max_minutes = (max(seconds, 1.0) + compile_s) / 60
-        train(run, opts)
+        train(job, replace(opts, max_minutes=(max(seconds, 1.0) + compile_s) / 60))
         rows = [r for r in csv.DictReader(open(Path(out) / "metrics.csv")) if r["images_per_s"]]
     rates = [float(r["images_per_s"]) for r in rows[1:-1]] or [float(rows[-1]["images_per_s"])]
     ips = statistics.median(rates)
-    util = mfu(flops * ips, run.device, numeric)
-    return {"params": params, "images_per_s": ips, "steps": int(rows[-1]["step"]), "device": str(run.device),
+    util = mfu(flops * ips, job.device, numeric)
+    return {"params": params, "images_per_s": ips, "steps": int(rows[-1]["step"]), "device": str(job.device),
             "train_GFLOP_per_image": round(flops / 1e9, 3), "achieved_TFLOP_per_s": round(flops * ips / 1e12, 3),
             **({"compile_s": round(compile_s, 1)} if compile else {}),
             **({"mfu": round(util, 4)} if util is not None else {})}
 
 
-def compile_warmup(run, batch_size: int, numeric: str) -> float:
+def compile_warmup(job, batch_size: int, numeric: str) -> float:
     """Seconds to torch.compile the model's training step (forward + backward at the training batch shape),
     done before the timed loop so that the loop's own compile finds the caches warm."""
     from diffuse.loss import diffusion_loss
     from diffuse.precision import autocast
 
-    model = run.model.to(run.device).train()
+    model = job.model.network.to(job.device).train()
     forward = torch.compile(model)
-    x0 = torch.randn(batch_size, *run.shape, device=run.device)  # (B,C,H,W)
-    generator = torch.Generator(run.device).manual_seed(0)
+    x0 = torch.randn(batch_size, *job.model.shape, device=job.device)  # (B,C,H,W)
+    generator = torch.Generator(job.device).manual_seed(0)
     t = time.perf_counter()
     for _ in range(2):  # the second call catches a recompile
-        with autocast(numeric, run.device):
-            loss = diffusion_loss(forward, run.schedule, x0, run.parameterization, generator,
-                                  run.schedule.abar.to(run.device))
+        with autocast(numeric, job.device):
+            loss = diffusion_loss(forward, job.model.objective, job.model.schedule, x0, generator)
         loss.backward()
         synchronize()
     model.zero_grad(set_to_none=True)
@@ -170,23 +179,26 @@ def train_diffusers(precision: str, batch_size: int, seconds: float) -> dict:
 
 def sample_diffuse(nfe: int, n: int, batch_size: int, precision: str = "auto", channels_last: bool = False,
                    model_name: str = "unet_mnist", overrides: list[str] = ()) -> dict:
-    from diffuse.denoiser import ModelDenoiser
+    from dataclasses import replace
+
+    from diffuse.config import options
+    from diffuse.generate import generate
     from diffuse.precision import resolve
-    from diffuse.run import build_train
-    from diffuse.sample import generate
+    from diffuse.sample import SampleOptions
 
     cfg = compose("train", [f"model={model_name}", "sampler=ddim", *overrides])
     with tempfile.TemporaryDirectory() as out:
-        run = build_train(cfg, out)
-    model = run.model.to(run.device).eval().requires_grad_(False)
+        job, _ = train_job(cfg, out)
+    network = job.model.network.to(job.device).eval().requires_grad_(False)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    numeric = resolve(precision, run.device)
-    denoiser = ModelDenoiser(model, run.schedule, run.parameterization, numeric, clip_x0=True)  # as diffuse sample
+        network = network.to(memory_format=torch.channels_last)
+    model = replace(job.model, network=network)
+    numeric = resolve(precision, job.device)
+    defaults = options(SampleOptions, compose("sample", ["ckpt=x"]), strict=False)  # as diffuse sample (x0 clipped)
 
     def draw(k: int, steps: int):
-        return generate(denoiser, run.schedule, run.sampler, run.shape, n=k, batch_size=batch_size, steps=steps,
-                        seed=0, device=run.device)
+        return generate(model, job.sampler, replace(defaults, n=k, batch_size=batch_size, steps=steps, seed=0,
+                                                    precision=numeric), job.device)
 
     draw(min(n, batch_size), 2)  # warm-up
     synchronize()
@@ -245,24 +257,22 @@ def train_lever(name: str, batch_size: int, seconds: float, model_name: str = "u
     from diffuse.data import BatchIterator
     from diffuse.ema import ema_decay, ema_update
     from diffuse.loss import diffusion_loss
-    from diffuse.run import build_train
 
     what, s = LEVERS[name]
     batch_size = s.get("batch", batch_size)
     cfg = compose("train", [f"model={model_name}", f"train.batch_size={batch_size}", *overrides,
                             *[f"+optimizer.{k}={v}" for k, v in s.get("optim", {}).items()], *s.get("model", [])])
     with tempfile.TemporaryDirectory() as out:
-        run = build_train(cfg, out)
-    device, schedule = run.device, run.schedule
-    model = run.model.to(device).train()
+        job, _ = train_job(cfg, out)
+    device, schedule, objective = job.device, job.model.schedule, job.model.objective
+    model = job.model.network.to(device).train()
     fmt = torch.channels_last if s.get("channels_last") else torch.contiguous_format
     model = model.to(memory_format=fmt)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = run.optimizer(model.parameters(), lr=1e-4)
+    optimizer = job.optimizer(model.parameters(), lr=1e-4)
     forward = torch.compile(model) if s.get("compile") else model
     numeric = prec.resolve(s.get("precision", cfg.train.precision), device)
     generator = torch.Generator(device).manual_seed(0)
-    abar = schedule.abar.to(device)
     if s.get("data") == "dataloader":
         import diffusers_baseline
 
@@ -272,7 +282,7 @@ def train_lever(name: str, batch_size: int, seconds: float, model_name: str = "u
                     yield x.to(device), y.to(device)
         data = batches()
     else:
-        data = BatchIterator(run.dataset, batch_size, device, 0)
+        data = BatchIterator(job.data, batch_size, device, 0)
     ema_params = [p for p in ema.parameters()]
     model_params = [p for p in model.parameters()]
     loss_sum = torch.zeros((), device=device)
@@ -283,7 +293,7 @@ def train_lever(name: str, batch_size: int, seconds: float, model_name: str = "u
         x0, _ = next(data)
         x0 = x0.contiguous(memory_format=fmt)
         with prec.autocast(numeric, device):
-            loss = diffusion_loss(forward, schedule, x0, run.parameterization, generator, abar)
+            loss = diffusion_loss(forward, objective, schedule, x0, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model_params, 1.0)

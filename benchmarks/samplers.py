@@ -32,27 +32,16 @@ MIXTURE = GaussianMixture(weights=[0.3, 0.7], means=[-0.6, 0.5], stds=[0.15, 0.2
 def build_sampler(name: str):
     from hydra import compose, initialize_config_module
 
-    from diffuse.run import build
+    from diffuse.config import sampler
 
     with initialize_config_module(config_module="diffuse.conf", version_base="1.3"):
-        return build(compose(config_name="sample", overrides=[f"sampler={name}"]).sampler)
+        return sampler(compose(config_name="sample", overrides=[f"sampler={name}"]).sampler)
 
 
 def steps_for_nfe(sampler, schedule, nfe: int) -> int | None:
-    """The step count whose model evaluations come closest to `nfe` without exceeding it (measured, not assumed)."""
-    def count(steps: int) -> int:
-        calls = [0]
-
-        def denoise(x_t, t):
-            calls[0] += 1
-            return torch.zeros_like(x_t), torch.zeros_like(x_t)
-
-        sampler(denoise, schedule, torch.zeros(1, 1, 1, 1), steps=steps, generator=torch.Generator().manual_seed(0))
-        return calls[0]
-
-    per_step = count(3) - count(2)
-    steps = (nfe - (count(2) - 2 * per_step)) // per_step
-    return steps if 1 <= steps <= schedule.T else None
+    """The most steps whose model evaluations (as the sampler declares them) do not exceed `nfe`."""
+    fits = [s for s in range(1, schedule.T + 1) if sampler.facts.evaluations(s) <= nfe]
+    return max(fits) if fits else None
 
 
 def wasserstein_1d(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -80,16 +69,12 @@ def main() -> None:
 
     model = None
     if args.ckpt:
-        from omegaconf import OmegaConf
-
+        from diffuse.checkpoint import load_model
         from diffuse.denoiser import ModelDenoiser
-        from diffuse.run import build_sample
 
-        cfg = OmegaConf.create({"ckpt": args.ckpt, "weights": "ema", "steps": 1, "seed": 0, "device": "cpu",
-                                "sampler": {"_target_": "diffuse.samplers.ddim.ddim", "_partial_": True}})
-        run = build_sample(cfg, "/tmp")
-        model = ModelDenoiser(run.model.eval(), run.schedule, run.parameterization)
-        mnist_noise = torch.randn(args.images, *run.shape, generator=torch.Generator().manual_seed(0))
+        loaded = load_model(args.ckpt).model
+        model = ModelDenoiser(loaded)
+        mnist_noise = torch.randn(args.images, *loaded.shape, generator=torch.Generator().manual_seed(0))
 
     rows = []
     for name in names:
@@ -99,11 +84,13 @@ def main() -> None:
             if steps is None:
                 continue
             g = torch.Generator().manual_seed(2)
-            x = sampler(MIXTURE.denoiser(schedule), schedule, x_T, steps=steps, generator=g).flatten()
+            ts = sampler.timesteps(schedule, steps)
+            x = sampler(MIXTURE.denoiser(schedule), schedule, x_T, ts, generator=g).flatten()
             row = {"sampler": name, "steps": steps, "nfe": nfe, "mixture_w1": round(wasserstein_1d(x, truth), 4)}
             if model is not None:
                 t0 = time.perf_counter()
-                sampler(model, run.schedule, mnist_noise, steps=steps, generator=torch.Generator().manual_seed(0))
+                sampler(model, loaded.schedule, mnist_noise, sampler.timesteps(loaded.schedule, steps),
+                        generator=torch.Generator().manual_seed(0))
                 row["mnist_s_per_image"] = round((time.perf_counter() - t0) / args.images, 4)
             rows.append(row)
             print(row, flush=True)

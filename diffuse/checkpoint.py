@@ -1,17 +1,26 @@
-"""Checkpoints as safetensors (no pickle): weights plus str -> str metadata, written atomically."""
+"""Checkpoints as safetensors (no pickle): weights plus str -> str metadata, written atomically; and the one
+way back from a checkpoint file to a model (`load_model`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from diffuse import DiffuseError, __version__
+from diffuse.config import MODELS, OBJECTIVES, SCHEDULES, build
+from diffuse.denoiser import DiffusionModel
+from diffuse.models import check_network
+from diffuse.objectives import Objective, from_parameterization
+from diffuse.schedule import Schedule
+from diffuse.validate import is_int
 
 FORMAT = "diffuse.checkpoint/1"
 LAST = "last.safetensors"
@@ -23,9 +32,11 @@ def state_tensors(module: nn.Module, prefix: str) -> dict[str, Tensor]:
     return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
-def checkpoint_metadata(step: int, parameterization: str, config: dict) -> dict[str, str]:
-    return {"format": FORMAT, "step": str(step), "parameterization": parameterization,
-            "config": json.dumps(config, sort_keys=True), "diffuse_version": __version__}
+def checkpoint_metadata(step: int, config: dict) -> dict[str, str]:
+    """The metadata of a checkpoint: its format, step, the run's resolved config (model, schedule, objective,
+    data set and its image shape: enough to sample with nothing else) and the diffuse version."""
+    return {"format": FORMAT, "step": str(step), "config": json.dumps(config, sort_keys=True),
+            "diffuse_version": __version__}
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -140,3 +151,78 @@ def load_weights(module: nn.Module, tensors: dict[str, Tensor], prefix: str, sou
         first = str(e).strip().splitlines()
         raise DiffuseError(f"ckpt={source}: weights do not fit the model its config describes ({' '.join(first[:2])[:300]})") from None
 
+
+def objective_node(config: dict, metadata: dict[str, str]) -> dict:
+    """The objective a checkpoint was trained with: its config's `objective` node, or, for a checkpoint written
+    before objectives existed, the DDPM objective with the prediction its `parameterization` names."""
+    node = config.get("objective")
+    if node is None:
+        node = from_parameterization(metadata.get("parameterization", config.get("parameterization")))
+    return node
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model rebuilt from a checkpoint file, and where it came from."""
+
+    model: DiffusionModel
+    step: int  # the training step it was saved at
+    path: Path  # the resolved checkpoint file
+    config: dict  # the resolved config it was trained with
+
+
+def load_model(path: str | os.PathLike, weights: str = "ema") -> LoadedModel:
+    """Everything a checkpoint describes, from the file alone. Any malformed or hostile file is a DiffuseError;
+    nothing outside the allow-list runs, and the network is first built on the meta device so a config that
+    disagrees with the tensors allocates nothing."""
+    if weights not in ("ema", "raw"):
+        raise DiffuseError(f"weights must be ema or raw, got {weights!r}")
+    resolved = resolve_checkpoint(path)
+    prefix = "ema." if weights == "ema" else "model."
+    tensors, metadata = load_checkpoint(resolved, (prefix,))  # sampling reads one copy of the weights only
+    config = metadata_config(metadata)
+    try:
+        model_node, schedule_node, shape = config["model"], config["schedule"], tuple(config["dataset_shape"])
+    except (KeyError, TypeError):
+        raise DiffuseError(f"ckpt={path}: its config lacks model, schedule or dataset_shape") from None
+    if not (len(shape) == 3 and all(is_int(v) for v in shape) and shape[0] in (1, 3)
+            and all(8 <= v <= 1024 for v in shape[1:])):
+        raise DiffuseError(f"ckpt={path}: dataset_shape {list(shape)} is not (C in 1|3, H, W in 8..1024)")
+    objective = build(objective_node(config, metadata), OBJECTIVES, Objective)
+    schedule = build(schedule_node, SCHEDULES, Schedule)
+    objective.check(schedule)
+    with torch.device("meta"):
+        network = check_network(build(model_node, MODELS, nn.Module), f"ckpt={path}: its model")
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    found = {k[len(prefix):]: tuple(v.shape) for k, v in tensors.items() if k.startswith(prefix)}
+    if expected != found:
+        bad = sorted(set(expected.items()) ^ set(found.items()))[:2]
+        raise DiffuseError(f"ckpt={path}: its '{prefix}*' weights do not fit the model its config describes "
+                           f"(first differences: {bad})")
+    try:  # the network must take the images the file says it was trained on (meta tensors: no memory)
+        with torch.device("meta"), torch.no_grad():
+            out = network(torch.zeros(1, *shape), torch.zeros(1))
+        if tuple(out.shape) != (1, *shape):
+            raise ValueError(f"output shape {tuple(out.shape)}")
+    except Exception as e:
+        raise DiffuseError(f"ckpt={path}: its model does not map images of shape {list(shape)} to themselves "
+                           f"({type(e).__name__}: {str(e)[:200]})") from None
+    network = network.to_empty(device="cpu")
+    load_weights(network, tensors, prefix, str(path))
+    return LoadedModel(DiffusionModel(network.eval(), objective, schedule, shape), int(metadata["step"]), resolved,
+                       config)
+
+
+def find_latest(runs_root: Path, experiment: str | None) -> Path:
+    """The newest training run under `runs_root` (runs and sweeps) of the same experiment, with a last checkpoint."""
+    same = []
+    for run_dir in (p.parent.parent for p in runs_root.glob("train*/**/checkpoints/last.safetensors")):
+        try:
+            if metadata_config(read_metadata(run_dir)).get("experiment") == experiment:
+                same.append(run_dir)
+        except (DiffuseError, KeyError, ValueError):
+            continue  # an unreadable run is not a candidate
+    if not same:
+        raise DiffuseError(f"resume=latest: no training run of experiment {experiment!r} with a checkpoint under "
+                           f"{runs_root.resolve()}")
+    return max(same, key=lambda d: (d / "checkpoints" / LAST).stat().st_mtime)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
@@ -17,6 +16,16 @@ USAGE = ("usage: diffuse {train,sample,eval} [KEY=VALUE ...] [-m] [--help] [--cf
          "  diffuse eval ckpt=outputs/train/<date>/<time> n=10000\n"
          "  diffuse eval -m ckpt=<run> sampler=ddim,dpmpp_2m steps=5,10,20,50 && diffuse report outputs/eval-multirun/<...>\n\n"
          "`diffuse SUBCOMMAND --help` lists the config groups and their options.")
+
+
+RENAMED = {"parameterization": "objective"}  # options of earlier versions, and what they are now
+
+
+def refuse_renamed(subcommand: str, overrides: list[str]) -> None:
+    for arg in overrides:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key in RENAMED:
+            fail(subcommand, f"{key}= is now {RENAMED[key]}=: use {RENAMED[key]}={value or 'NAME'}")
 
 
 def fail(subcommand: str, message: str) -> None:
@@ -43,32 +52,35 @@ def task(subcommand: str, full_error: bool):
     return run_task
 
 
+# subcommand -> (its options class, the config node that holds them, the job builder, the task)
+TASKS = {"train": ("diffuse.train:TrainOptions", "train", "build_train", "diffuse.train:train"),
+         "sample": ("diffuse.sample:SampleOptions", None, "build_sample", "diffuse.sample:sample"),
+         "eval": ("diffuse.evaluate:EvalOptions", None, "build_eval", "diffuse.evaluate:evaluate")}
+
+
+def attribute(spec: str):
+    """The object a "module:name" spec names (a task is imported only when its subcommand runs)."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def run_subcommand(subcommand: str, cfg) -> None:
+    """Options first (they are checked on construction), then the job (every other input), then the task."""
+    from pathlib import Path
+
     from hydra.core.hydra_config import HydraConfig
 
-    from diffuse import run
+    from diffuse import config, run
 
+    options_cls, section, builder, task_fn = TASKS[subcommand]
     hydra_cfg = HydraConfig.get()
-    out_dir = hydra_cfg.runtime.output_dir
-    if subcommand == "train":
-        from diffuse.train import TrainOptions, train
-
-        opts = run.options(TrainOptions, cfg.train, "train.")
-        experiment = hydra_cfg.runtime.choices.get("experiment")
-        train(run.build_train(cfg, out_dir, experiment, tuple(hydra_cfg.overrides.task)), opts)
-    elif subcommand == "sample":
-        from diffuse.sample import SampleOptions, sample
-
-        keys = ("n", "batch_size", "steps", "seed", "precision", "png", "clip_x0", "dynamic_threshold", "trajectory",
-                "guidance", "guidance_rescale", "format")
-        opts = run.options(SampleOptions, {k: cfg[k] for k in keys}, "")
-        sample(run.build_sample(cfg, out_dir), opts)
-    elif subcommand == "eval":
-        from diffuse.evaluate import EvalOptions, run_eval
-
-        keys = [f.name for f in dataclasses.fields(EvalOptions)]
-        opts = run.options(EvalOptions, {k: cfg[k] for k in keys}, "")
-        run_eval(run.build_eval(cfg, out_dir), opts)
+    node = cfg if section is None else cfg[section]
+    opts = config.options(attribute(options_cls), node, "" if section is None else f"{section}.", strict=section is not None)
+    ctx = run.Context(Path(hydra_cfg.runtime.output_dir), hydra_cfg.runtime.choices.get("experiment"),
+                      tuple(hydra_cfg.overrides.task))
+    attribute(task_fn)(getattr(run, builder)(cfg, ctx, opts), opts)
 
 
 def one_line(error: BaseException) -> str:
@@ -105,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"diffuse: error: unknown subcommand {sub!r}; allowed: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         sys.exit(2)
 
+    refuse_renamed(sub, argv[1:])
     import hydra
     from omegaconf.errors import OmegaConfBaseException
 

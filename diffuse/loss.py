@@ -1,39 +1,34 @@
-"""The simple denoising objective (Ho et al. 2020, eq. 14), for any parameterization."""
+"""The training loss of any objective: a (weighted) squared error between the network's output and the
+objective's target, with label dropout for conditional networks (classifier-free guidance)."""
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from diffuse.parameterization import target
+from diffuse.models import Network
+from diffuse.objectives import Objective
 from diffuse.schedule import Schedule
 
 
 def diffusion_loss(
-    model: nn.Module,
+    network: Network,
+    objective: Objective,
     schedule: Schedule,
     x0: Tensor,  # (B,C,H,W) data in [-1, 1]
-    parameterization: str,
-    generator: torch.Generator,
-    abar_table: Tensor | None = None,  # (T,) schedule.abar on x0's device, to skip a host copy per step
-    labels: Tensor | None = None,  # (B,) class labels for a conditional model
-    null_label: int | None = None,  # the model's null class: labels become it with probability `drop_prob`
-    drop_prob: float = 0.0,
+    generator: torch.Generator,  # draws the time, the noise and the label dropout, in that order
+    labels: Tensor | None = None,  # (B,) class labels for a conditional network
+    drop_prob: float = 0.0,  # labels become the null class (index num_classes) with this probability
 ) -> Tensor:
-    """Mean over the batch of || target - model(x_t, t[, labels]) ||^2 with t ~ U{0..T-1}, eps ~ N(0, I); label
-    dropout trains the unconditional model alongside (classifier-free guidance, Ho & Salimans 2022, Alg. 1)."""
-    B = x0.shape[0]
-    t = torch.randint(0, schedule.T, (B,), device=x0.device, generator=generator)  # (B,)
-    eps = torch.randn(x0.shape, device=x0.device, generator=generator)
-    table = abar_table if abar_table is not None else schedule.abar.to(x0.device)
-    abar = table[t].float().view(B, 1, 1, 1)
-    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
-    x_t = alpha * x0 + sigma * eps  # DDPM eq. 4
+    """Mean over the batch of weight * || target - network(x_in, time[, labels]) ||^2 (Ho et al. 2020, eq. 14, for
+    DDPM's objective); label dropout trains the unconditional network alongside (Ho & Salimans 2022, Alg. 1)."""
+    example = objective.example(schedule, x0, generator)
     if labels is None:
-        out = model(x_t, t.float())
+        out = network(example.x_in, example.time)
     else:
         if drop_prob > 0:
-            drop = torch.rand(B, device=x0.device, generator=generator) < drop_prob
-            labels = torch.where(drop, torch.full_like(labels, null_label), labels)
-        out = model(x_t, t.float(), labels)
-    return (out.float() - target(x0, eps, alpha, sigma, parameterization)).pow(2).mean()
+            drop = torch.rand(x0.shape[0], device=x0.device, generator=generator) < drop_prob
+            labels = torch.where(drop, torch.full_like(labels, network.num_classes), labels)
+        out = network(example.x_in, example.time, labels)
+    error = (out.float() - example.target).pow(2)  # (B,C,H,W)
+    return error.mean() if example.weight is None else (example.weight * error).mean()

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from diffuse import DiffuseError
+from diffuse.validate import int_in, is_int
 
 SPACINGS = ("linspace", "leading", "trailing", "karras")
 
@@ -31,6 +32,7 @@ class Schedule:
         if not bool(((abar >= 0) & (abar <= 1)).all()) or not bool((abar[1:] < abar[:-1]).all()):
             raise DiffuseError("a schedule's abar must lie in [0, 1] and decrease strictly with t")
         object.__setattr__(self, "abar", abar)
+        object.__setattr__(self, "_tables", {})  # device -> abar on that device, for `scales`
 
     @property
     def T(self) -> int:
@@ -96,11 +98,14 @@ class Schedule:
         abar = self.abar_at(t)
         return 0.5 * (abar.log() - (1 - abar).log())
 
-    def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        """Sample q(x_t | x0) (DDPM eq. 4). x0, eps: (B, ...); t: (B,) long."""
-        abar = self.abar_at(t.cpu()).to(device=x0.device, dtype=x0.dtype)
-        abar = abar.view(-1, *([1] * (x0.ndim - 1)))
-        return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    def scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha_t, sigma_t) at integer timesteps t (B,) as (B,1,1,1) float32 on t's device, from a copy of the
+        table kept on that device (no host copy per training step)."""
+        table = self._tables.get(t.device)
+        if table is None:
+            table = self._tables[t.device] = self.abar.to(t.device)
+        abar = table[t].float().view(-1, 1, 1, 1)
+        return abar.sqrt(), (1 - abar).sqrt()
 
     def timesteps(self, steps: int, spacing: str = "trailing") -> list[float]:
         """`steps` strictly decreasing timesteps in [0, T-1], followed by the clean-data sentinel -1.
@@ -111,7 +116,7 @@ class Schedule:
         (Karras et al. 2022, eq. 5), at fractional timesteps. With steps = 1, `linspace` and `leading`
         visit only t = 0 (as in Lin et al.'s table): use `trailing` or `karras` for one-step sampling.
         """
-        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= self.T:
+        if not is_int(steps) or not 1 <= steps <= self.T:
             raise DiffuseError(f"steps must be an integer in 1..{self.T} (the schedule's T), got {steps!r}")
         T = self.T
         if spacing == "linspace":
@@ -147,9 +152,7 @@ MAX_T = 100_000
 
 def check_T(T: int) -> int:
     """Schedules are tables of T entries: a bounded, positive integer."""
-    if not isinstance(T, int) or isinstance(T, bool) or not 2 <= T <= MAX_T:
-        raise DiffuseError(f"schedule T must be an integer in 2..{MAX_T}, got {T!r}")
-    return T
+    return int_in(T, 2, MAX_T, "schedule T")
 
 
 def from_betas(betas: Tensor, name: str, zero_terminal_snr: bool = False) -> Schedule:

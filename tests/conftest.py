@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
+import diffuse.conf
+
 REPO = Path(__file__).resolve().parents[1]
+CONF = Path(diffuse.conf.__file__).resolve().parent  # the configs of the diffuse being tested (a copy, in test_extending)
 # Tests never download: they read the real MNIST from ../shared/data unless DIFFUSE_DATA_ROOT says otherwise.
 DATA_ROOT = Path(os.environ.get("DIFFUSE_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
 os.environ["DIFFUSE_DATA_ROOT"] = str(DATA_ROOT)
@@ -41,10 +44,40 @@ def eval_cache(tmp_path_factory, data_root) -> Path:
     import torch
 
     from diffuse.datasets.mnist import mnist
-    from diffuse.evaluate import classifier_extractor, reference_features
+    from diffuse.features.classifier import classifier_extractor
+    from diffuse.features.reference import reference_features
 
     cache = tmp_path_factory.mktemp("eval_cache")
     train, test = mnist(str(data_root), True, False), mnist(str(data_root), False, False)
     extractor = classifier_extractor(train, test, cache, torch.device("cpu"))
     reference_features(test, "test", extractor, cache)
     return cache
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the folder is the registry, so tests glob it."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(config_name: str, *overrides: str):
+    """A config as the CLI composes it."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="diffuse.conf", version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def sampler_from_yaml(name: str, **settings):
+    """A sampler as its YAML builds it, with `settings` (spacing included) changed."""
+    from dataclasses import replace
+
+    from diffuse.config import sampler
+
+    built = sampler(composed("sample", f"sampler={name}").sampler)
+    spacing = settings.pop("spacing", built.spacing)
+    return replace(built, settings={**built.settings, **settings}, spacing=spacing)
+
+
+def walk(sampler, denoiser, schedule, x_T, steps: int, generator=None, on_step=None):
+    """Run a sampler over its own timesteps for `steps` steps."""
+    return sampler(denoiser, schedule, x_T, sampler.timesteps(schedule, steps), generator=generator, on_step=on_step)

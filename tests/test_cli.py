@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 from safetensors import safe_open
 
-from conftest import TINY_TRAIN, run_cli
+from conftest import TINY_TRAIN, group_options, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,9 @@ def test_checkpoint_is_plain_safetensors_with_its_config(trained):
     assert any(k.startswith("ema.") for k in tensors) and any(k.startswith("model.") for k in tensors)
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    assert meta["format"] == "diffuse.checkpoint/1" and meta["step"] == "6" and meta["parameterization"] == "eps"
+    assert meta["format"] == "diffuse.checkpoint/1" and meta["step"] == "6"
     config = json.loads(meta["config"])
+    assert config["objective"] == {"_target_": "diffuse.objectives.ddpm.DDPM", "prediction": "eps"}
     assert config["model"]["_target_"] == "diffuse.models.unet.UNet" and config["model"]["channels"] == 16
     assert config["schedule"]["_target_"].startswith("diffuse.schedules.")
     assert config["dataset_shape"] == [1, 28, 28]
@@ -77,16 +78,24 @@ def test_ddpm_sampler_from_the_cli(trained, tmp_path):
     assert record["sampler"] == "ddpm" and record["settings"]["variance"] == "posterior"
 
 
-SAMPLERS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "sampler").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("name", group_options("sampler"))
 def test_every_sampler_from_the_cli_records_what_it_ran(trained, tmp_path, name):
+    from conftest import sampler_from_yaml
+
     run_cli("sample", f"ckpt={trained}", f"sampler={name}", "steps=3", "n=2", "hydra.run.dir=s", cwd=tmp_path)
     record = json.loads((tmp_path / "s" / "sampling.json").read_text())
     assert record["sampler"] == name and record["steps"] == 3 and len(record["timesteps"]) == 4
-    assert record["nfe_per_image"] == (5 if name == "heun" else 3)
+    assert record["nfe_per_image"] == sampler_from_yaml(name).facts.evaluations(3)
     assert np.load(tmp_path / "s" / "samples.npz")["images"].shape == (2, 28, 28, 1)
+
+
+@pytest.mark.parametrize("name", group_options("objective"))
+def test_every_objective_trains_and_samples_from_the_cli(tmp_path, data_root, name):
+    run_cli("train", *TINY_TRAIN, f"objective={name}", "train.steps=2", "train.sample_every=0", "hydra.run.dir=t",
+            cwd=tmp_path)
+    run_cli("sample", "ckpt=t", "steps=2", "n=2", "sampler=dpmpp_2m", "hydra.run.dir=s", cwd=tmp_path)
+    images = np.load(tmp_path / "s" / "samples.npz")["images"]
+    assert images.shape == (2, 28, 28, 1) and images.std() > 0
 
 
 def test_multirun_gives_one_directory_per_point(trained, tmp_path, data_root):
@@ -104,11 +113,10 @@ def test_default_run_directories_do_not_collide(trained, tmp_path):
     assert len(list((tmp_path / "outputs" / "sample").glob("*/*/samples.npz"))) == 2
 
 
-def test_help_lists_groups_and_options(tmp_path):
+def test_help_lists_every_group_and_its_options(tmp_path):
     out = run_cli("train", "--help", cwd=tmp_path).stdout
-    assert "model: unet_cifar, unet_mnist, unet_tiny" in out
-    assert "sampler: ddim, ddpm, dpmpp_2m, euler, euler_ancestral, heun, unipc" in out
-    assert "schedule: cosine, linear, scaled_linear, sigmoid" in out
+    for group in ("model", "schedule", "objective", "dataset", "sampler", "experiment"):
+        assert f"{group}: {', '.join(group_options(group))}" in out, group
 
 
 def _bad(tmp_path, *args, env=None):
@@ -121,20 +129,22 @@ def _bad(tmp_path, *args, env=None):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (("train", "model=nope"), "unknown model 'nope'; available: unet_cifar, unet_mnist, unet_tiny"),
-    (("train", "sampler=plms"), "unknown sampler 'plms'; available: ddim, ddpm, dpmpp_2m, euler"),
+    (("train", "model=nope"), f"unknown model 'nope'; available: {', '.join(group_options('model'))}"),
+    (("train", "sampler=plms"), f"unknown sampler 'plms'; available: {', '.join(group_options('sampler'))}"),
+    (("train", "objective=score"), f"unknown objective 'score'; available: {', '.join(group_options('objective'))}"),
+    (("train", "parameterization=v"), "parameterization= is now objective=: use objective=v"),
     (("train", "train.nope=1"), "train.nope"),
     (("train", "train.steps=abc"), "train.steps must be int, got 'abc'"),
     (("train", "train.precision=fp16"), "train.precision must be one of auto, fp32, bf16"),
     (("train", "train.lr=-1"), "train.lr must be > 0"),
     (("train", "device=cuda:7"), "CUDA is not available"),
-    (("train", "parameterization=score"), "unknown parameterization 'score'"),
     (("train", "sampler.eta=-1"), "eta must be >= 0"),
     (("train", "sampler.spacing=uniform"), "unknown timestep spacing 'uniform'"),
-    (("train", "schedule.zero_terminal_snr=true"), "zero terminal SNR needs parameterization=v"),
-    (("train", "sampler=heun", "schedule.zero_terminal_snr=true", "parameterization=v"), "use ddim, euler"),
-    (("train", "sampler.eta=abc"), "sampler ddim: bad settings"),
-    (("train", "+sampler.foo=1"), "sampler ddim: bad settings"),
+    (("train", "schedule.zero_terminal_snr=true"), "zero terminal SNR needs objective=v"),
+    (("train", "sampler=heun", "sampler.spacing=trailing", "schedule.zero_terminal_snr=true", "objective=v"),
+     "infinite at zero terminal SNR, where this walk starts; use ddim, ddpm, dpmpp_2m, euler"),
+    (("train", "sampler.eta=abc"), "sampler ddim: bad settings (eta must be float, got 'abc')"),
+    (("train", "+sampler.foo=1"), "sampler ddim: bad settings (unknown setting 'foo'; allowed: eta)"),
     (("train", "optimizer._target_=torch.optim.SGD"), "optimizer torch.optim.SGD"),
     (("train", "optimizer.weight_decay=-1"), "Invalid weight_decay"),
     (("train", "model.head_dim=0"), "diffuse.models.unet.UNet"),
@@ -172,3 +182,25 @@ def test_missing_data_names_the_path_and_the_variable(tmp_path):
 def test_full_error_shows_the_traceback(tmp_path):
     proc = run_cli("sample", "ckpt=/no/such/file", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"}, check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("eval", "samples=missing.npz", "dataset=mnist"), "samples=missing.npz: expected an .npz file"),
+    (("eval", "samples=missing.npz", "dataset=mnist", "n=1"), "n must be >= 2"),
+    (("eval", "samples=x.npz", "dataset=mnist", "features=inception", "inception.download=false"),
+     "the FID Inception weights are not at"),
+    (("train", "sampler.eta=-1"), "eta must be >= 0"),
+    (("train", "train.sample_steps=5000"), "steps must be an integer in 1..1000"),
+    (("train", "objective=eps", "schedule.zero_terminal_snr=true"), "needs objective=v"),
+    (("train", "optimizer.weight_decay=-1"), "Invalid weight_decay"),
+    (("sample", "ckpt=nowhere", "n=0"), "n must be >= 1"),
+])
+def test_input_is_checked_before_any_long_work(tmp_path, args, expected):
+    """With no data set on disk and an empty cache, a bad input is refused before data loading or classifier
+    training would start (either would fail, or take minutes, first)."""
+    if "samples=x.npz" in args:
+        np.savez(tmp_path / "x.npz", images=np.zeros((4, 28, 28, 1), np.uint8))
+    cache = tmp_path / "cache"
+    line = _bad(tmp_path, *args, env={"DIFFUSE_DATA_ROOT": str(tmp_path / "no-data"), "DIFFUSE_CACHE": str(cache)})
+    assert expected in line
+    assert not cache.exists() or not any(cache.iterdir())  # no classifier was trained

@@ -6,17 +6,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
-from conftest import TINY_TRAIN, run_cli
+from conftest import TINY_TRAIN, group_options, run_cli, sampler_from_yaml, walk
 from diffuse import DiffuseError
-from diffuse.denoiser import ModelDenoiser, guide
+from diffuse.denoiser import DiffusionModel, ModelDenoiser, guide
 from diffuse.models.unet import UNet
-from diffuse.parameterization import to_eps_x0
-from diffuse.run import build
+from diffuse.objectives.ddpm import DDPM, to_eps_x0
 from diffuse.schedules.linear import linear
 
-SAMPLERS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "sampler").glob("*.yaml"))
+
+def denoiser(net, schedule, **kwargs) -> ModelDenoiser:
+    return ModelDenoiser(DiffusionModel(net, DDPM("eps"), schedule, (1, 8, 8)), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +53,11 @@ def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional(net):
     with torch.no_grad():
         cond, uncond = net(x, tb, labels), net(x, tb)
     for w, want in ((1.0, cond), (0.0, uncond), (3.0, uncond + 3.0 * (cond - uncond))):
-        d = ModelDenoiser(net, schedule, "eps", guidance=w).with_labels(labels)
+        d = denoiser(net, schedule, labels=labels, guidance=w)
         eps, x0 = d(x, t)
         want_eps, want_x0 = to_eps_x0(want, x, alpha, sigma, "eps")
         assert torch.allclose(eps, want_eps, atol=1e-5) and torch.allclose(x0, want_x0, atol=1e-4), w
-        assert d.nfe == (2 if w == 3.0 else 1)  # a guided step evaluates the network twice per image
+        assert d.evaluations == (2 if w == 3.0 else 1)  # a guided step evaluates the network twice per image
 
 
 def test_guidance_rescale_matches_the_conditional_std():
@@ -68,17 +68,16 @@ def test_guidance_rescale_matches_the_conditional_std():
     assert torch.allclose(guide(cond, uncond, 5.0, 0.5), 0.5 * out + 0.5 * guide(cond, uncond, 5.0), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("name", group_options("sampler"))
 def test_guidance_works_with_every_sampler(net, name):
-    with initialize_config_module(config_module="diffuse.conf", version_base="1.3"):
-        sampler = build(compose(config_name="sample", overrides=[f"sampler={name}"]).sampler)
+    sampler = sampler_from_yaml(name)
     schedule = linear()
     labels = torch.tensor([2, 5])
 
     def run(w):
         x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-        d = ModelDenoiser(net, schedule, "eps", guidance=w).with_labels(labels)
-        return sampler(d, schedule, x_T, steps=4, generator=torch.Generator().manual_seed(1))
+        d = denoiser(net, schedule, labels=labels, guidance=w)
+        return walk(sampler, d, schedule, x_T, 4, generator=torch.Generator().manual_seed(1))
 
     guided, conditional = run(4.0), run(1.0)
     assert torch.isfinite(guided).all() and guided.shape == (2, 1, 8, 8)
@@ -89,7 +88,7 @@ def test_unconditional_model_refuses_labels(net):
     plain = UNet(in_channels=1, channels=16, channel_mult=(1,), num_res_blocks=1, attention_levels=(), head_dim=16,
                  groups=4)
     with pytest.raises(DiffuseError, match="conditional model"):
-        ModelDenoiser(plain, linear(), "eps").with_labels(torch.tensor([1]))
+        denoiser(plain, linear(), labels=torch.tensor([1]))
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ from safetensors.torch import save_file
 
 from conftest import TINY_TRAIN, run_cli
 from diffuse import DiffuseError
-from diffuse.evaluate import inception_extractor, read_images
 from diffuse.features.inception import FIDInception
+from diffuse.features.inception_weights import InceptionOptions, inception_extractor
+from diffuse.image_files import read_images
 
 METRICS = ("fid", "kid", "kid_std", "precision", "recall", "classifier_score", "class_coverage", "class_tv")
 
@@ -125,7 +126,7 @@ def test_inception_weights_load_from_a_stand_in_file_and_are_hash_checked(tmp_pa
     path = tmp_path / "pt_inception-2015-12-05-6726825d.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    extractor = inception_extractor(str(path), None, digest[:12], False, tmp_path,
+    extractor = inception_extractor(InceptionOptions(str(path), None, digest[:12], False), tmp_path,
                                     torch.device("cpu"))
     images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
     features, logits = extractor(images)
@@ -134,8 +135,10 @@ def test_inception_weights_load_from_a_stand_in_file_and_are_hash_checked(tmp_pa
         want, _ = net(torch.from_numpy(images).permute(0, 3, 1, 2))
     assert torch.allclose(features, want, atol=1e-5)
     assert extractor.weights_sha256 == digest
-    with pytest.raises(DiffuseError, match="expected 0000"):
-        inception_extractor(str(path), None, "0000", False, tmp_path, torch.device("cpu"))
+    with pytest.raises(DiffuseError, match="expected 00000000"):
+        inception_extractor(InceptionOptions(str(path), None, "00000000", False), tmp_path, torch.device("cpu"))
+    with pytest.raises(DiffuseError, match="at least 8 hex digits"):
+        InceptionOptions(str(path), None, "0000", False)
 
 
 BAD = [

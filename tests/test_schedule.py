@@ -40,11 +40,13 @@ def test_views_are_consistent():
         s.abar_at(1000)
 
 
-def test_add_noise_is_eq4():
+def test_scales_are_the_tables_alpha_and_sigma():
     s = linear()
-    x0, eps, t = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4), torch.tensor([0, 400, 999])
-    ab = s.abar[t].float().view(3, 1, 1, 1)
-    torch.testing.assert_close(s.add_noise(x0, eps, t), ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
+    t = torch.tensor([0, 400, 999])
+    alpha, sigma = s.scales(t)
+    assert alpha.shape == sigma.shape == (3, 1, 1, 1) and alpha.dtype == torch.float32
+    torch.testing.assert_close(alpha.flatten().double(), s.alpha(t), rtol=1e-6, atol=0)
+    torch.testing.assert_close(sigma.flatten().double(), s.sigma(t), rtol=0, atol=1e-6)  # 1 - abar in float32
 
 
 @pytest.mark.parametrize("spacing", SPACINGS)

@@ -1,14 +1,28 @@
 """A small CNN classifier for small image data sets (MNIST-like): its penultimate layer gives the features
 for a "classifier FID", its logits the classifier score and class coverage (the protocol pytorch-fid's
-maintainers suggest for MNIST instead of ImageNet Inception features)."""
+maintainers suggest for MNIST instead of ImageNet Inception features). Trained once per data set, then cached."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
+
+from diffuse import DiffuseError
+from diffuse.checkpoint import write_atomic
+from diffuse.data import ImageData
+from diffuse.features.cache import fingerprint, read_tensors, sha256
+from diffuse.features.extractors import Extractor
+
+log = logging.getLogger(__name__)
+VERSION = 1  # bump when the classifier's architecture or training changes: old caches are not reused
 
 FEATURES = 128  # width of the feature layer
 
@@ -89,3 +103,37 @@ def train_classifier(images: Tensor, labels: Tensor, num_classes: int, *, steps:
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def classifier_extractor(train: ImageData, test: ImageData, cache_dir: Path, device: torch.device,
+                         steps: int = 800, seed: int = 0) -> Extractor:
+    """The domain classifier for `train`'s data set: loaded from the cache, or trained on the train split (and
+    its test-split accuracy measured) at first use, then cached as safetensors."""
+    if train.num_classes < 2:
+        raise DiffuseError(f"data set {train.name!r} has no class labels, so there is no classifier for it; "
+                           f"use features=inception")
+    C, H, W = train.shape
+    path = cache_dir / (f"classifier-{train.name}-{C}x{H}x{W}-k{train.num_classes}-{fingerprint(train)}-s{steps}"
+                        f"-seed{seed}-v{VERSION}.safetensors")
+    if not path.is_file():
+        log.info("training the %s classifier (%d steps, once; cached at %s)", train.name, steps, path)
+        t0 = time.perf_counter()
+        model = train_classifier(train.images, train.labels, train.num_classes, steps=steps, seed=seed,
+                                 flip=train.hflip, device=device)
+        acc = accuracy(model, test.images.to(device), test.labels.to(device))
+        meta = {"dataset": train.name, "test_accuracy": f"{acc:.6f}", "steps": str(steps), "seed": str(seed),
+                "version": str(VERSION), "shape": json.dumps([C, H, W]),
+                "num_classes": str(train.num_classes), "train_seconds": f"{time.perf_counter() - t0:.1f}"}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        write_atomic(path, safetensors_bytes(tensors, metadata=meta))
+        log.info("classifier test accuracy %.4f (%.0f s)", acc, time.perf_counter() - t0)
+    tensors, meta = read_tensors(path)
+    with torch.device("meta"):  # no global RNG draws (this may run beside training)
+        model = Classifier(C, train.num_classes)
+    try:
+        model.load_state_dict(tensors, assign=True)
+    except RuntimeError:
+        raise DiffuseError(f"cache file {path} does not fit the classifier; delete it to rebuild it") from None
+    info = {"test_accuracy": float(meta.get("test_accuracy", "nan")), "trained_on": f"{train.name} train split",
+            "steps": int(meta.get("steps", steps)), "path": str(path)}
+    return Extractor("classifier", model, sha256(path), device, info)

@@ -1,6 +1,102 @@
-"""Samplers: one algorithm per file, plain functions sharing one signature
+"""Samplers: one algorithm per file, a plain function that walks an explicit list of timesteps,
 
-    sampler(denoiser, schedule, x_T, *, steps, spacing, generator=None, on_step=None, **settings) -> x0
+    algorithm(denoiser, schedule, x_T, ts, *, generator=None, on_step=None, **settings) -> x0
 
-walking explicit (t, t_next) pairs of `schedule.timesteps(steps, spacing)`, which ends at -1 (clean data).
+where `ts` is strictly decreasing in [0, T-1] and ends at -1 (clean data), so the algorithm steps through the
+pairs (t, t_next) = (ts[i], ts[i+1]) (as k-diffusion's samplers walk a list of sigmas). Each algorithm declares
+its facts with `@declare`; `Sampler` binds one to its settings and its default spacing, as the YAML gives them.
 """
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import Tensor
+
+from diffuse import DiffuseError
+from diffuse.schedule import Schedule
+from diffuse.validate import typed
+
+Denoiser = Callable[[Tensor, float], "tuple[Tensor, Tensor]"]  # (x_t (B,C,H,W), t) -> (eps, x0)
+RESERVED = ("denoiser", "schedule", "x_T", "ts", "generator", "on_step")  # not settings
+
+
+class InfiniteStart(DiffuseError):
+    """A sampler that needs a finite noise level at its first step was asked to start at an infinite one."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What an algorithm declares about itself, for checks, messages and the generic tests."""
+
+    order: int | None  # convergence order on the probability-flow ODE with its default settings; None: stochastic
+    evaluations: Callable[[int], int]  # network evaluations for a walk of n steps that ends at clean data
+    finite_start: bool  # needs a finite sigma_t / alpha_t at its first timestep (so no zero terminal SNR)
+    check: Callable[..., None] | None  # check(schedule, **settings): refuses bad settings before any work
+
+
+def one_per_step(steps: int) -> int:
+    return steps
+
+
+def declare(*, order: int | None, evaluations: Callable[[int], int] = one_per_step, finite_start: bool = False,
+            check: Callable[..., None] | None = None) -> Callable[[Callable], Callable]:
+    """Attach an algorithm's `Facts` to it as `algorithm.facts`."""
+
+    def attach(algorithm: Callable) -> Callable:
+        algorithm.facts = Facts(order, evaluations, finite_start, check)
+        return algorithm
+
+    return attach
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """An algorithm with its settings and its default timestep spacing (a sampler YAML, built)."""
+
+    algorithm: Callable
+    settings: dict[str, Any]
+    spacing: str  # the timestep spacing of its walks (see Schedule.timesteps)
+
+    def __post_init__(self) -> None:
+        if not isinstance(getattr(self.algorithm, "facts", None), Facts):
+            raise DiffuseError(f"{getattr(self.algorithm, '__name__', self.algorithm)!r} is not a sampler: it declares "
+                               f"no facts (decorate it with diffuse.samplers.declare)")
+
+    @property
+    def name(self) -> str:
+        return self.algorithm.__name__
+
+    @property
+    def facts(self) -> Facts:
+        return self.algorithm.facts
+
+    def timesteps(self, schedule: Schedule, steps: int) -> list[float]:
+        """The walk for `steps` steps: strictly decreasing timesteps, then -1."""
+        return schedule.timesteps(steps, self.spacing)
+
+    def check(self, schedule: Schedule, steps: int) -> list[float]:
+        """Every setting against the algorithm's signature, its types and its own check, and the timesteps for
+        `steps` on `schedule`; no network runs. Returns the timesteps."""
+        params = {name: p for name, p in inspect.signature(self.algorithm).parameters.items() if name not in RESERVED}
+        try:
+            unknown = sorted(set(self.settings) - set(params))
+            if unknown:
+                raise DiffuseError(f"unknown setting {unknown[0]!r}; allowed: {', '.join(params) or 'none'}")
+            settings = {k: typed(v, params[k].annotation, k) for k, v in self.settings.items()}
+        except DiffuseError as e:
+            raise DiffuseError(f"sampler {self.name}: bad settings ({e})") from None
+        if self.facts.check is not None:
+            self.facts.check(schedule, **settings)
+        ts = self.timesteps(schedule, steps)
+        if self.facts.finite_start and math.isinf(schedule.sigma_ve(ts[0]).item()):
+            raise InfiniteStart(f"sampler {self.name} integrates in sigma = sigma_t / alpha_t, which is infinite at "
+                               f"zero terminal SNR, where this walk starts")
+        return ts
+
+    def __call__(self, denoiser: Denoiser, schedule: Schedule, x_T: Tensor, ts: list[float], *, generator=None,
+                 on_step: Callable[[int, int], None] | None = None) -> Tensor:
+        return self.algorithm(denoiser, schedule, x_T, ts, generator=generator, on_step=on_step, **self.settings)

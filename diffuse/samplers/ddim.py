@@ -7,25 +7,29 @@ from typing import Callable
 from torch import Tensor
 
 from diffuse import DiffuseError
+from diffuse.samplers import Denoiser, declare
 from diffuse.samplers.noise import Generators, randn_like
 from diffuse.schedule import Schedule
 
 
+def check(schedule: Schedule, eta: float = 0.0) -> None:
+    if eta < 0:
+        raise DiffuseError(f"ddim eta must be >= 0, got {eta}")
+
+
+@declare(order=1, check=check)
 def ddim(
-    denoiser: Callable[[Tensor, int], tuple[Tensor, Tensor]],
+    denoiser: Denoiser,
     schedule: Schedule,
     x_T: Tensor,  # (B,C,H,W) standard normal
+    ts: list[float],  # strictly decreasing timesteps, then -1
     *,
-    steps: int,
     eta: float = 0.0,
-    spacing: str = "trailing",
     generator: Generators = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Sample with DDIM; one model evaluation per step."""
-    if eta < 0:
-        raise DiffuseError(f"ddim eta must be >= 0, got {eta}")
-    ts = schedule.timesteps(steps, spacing)
+    check(schedule, eta)
     x = x_T
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         eps, x0 = denoiser(x, t)
@@ -37,5 +41,5 @@ def ddim(
         if s > 0:
             x = x + s * randn_like(x, generator)
         if on_step is not None:
-            on_step(i + 1, steps)
+            on_step(i + 1, len(ts) - 1)
     return x

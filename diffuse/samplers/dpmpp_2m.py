@@ -8,23 +8,23 @@ from typing import Callable
 
 from torch import Tensor
 
+from diffuse.samplers import Denoiser, declare
 from diffuse.samplers.noise import Generators
 from diffuse.schedule import Schedule
 
 
+@declare(order=2)
 def dpmpp_2m(
-    denoiser: Callable[[Tensor, float], tuple[Tensor, Tensor]],
+    denoiser: Denoiser,
     schedule: Schedule,
     x_T: Tensor,  # (B,C,H,W) standard normal
+    ts: list[float],  # strictly decreasing timesteps, then -1
     *,
-    steps: int,
-    spacing: str = "trailing",
     generator: Generators = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Sample with DPM-Solver++(2M); one model evaluation per step. The first step, and the last one (to
     clean data, where h is infinite), are first order (DPM-Solver++(1) = DDIM)."""
-    ts = schedule.timesteps(steps, spacing)
     x, x0_prev, h_prev = x_T, None, math.inf
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         _, x0 = denoiser(x, t)
@@ -44,5 +44,5 @@ def dpmpp_2m(
             x = (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * D
             x0_prev, h_prev = x0, h
         if on_step is not None:
-            on_step(i + 1, steps)
+            on_step(i + 1, len(ts) - 1)
     return x

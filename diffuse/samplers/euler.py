@@ -7,22 +7,22 @@ from typing import Callable
 
 from torch import Tensor
 
+from diffuse.samplers import Denoiser, declare
 from diffuse.samplers.noise import Generators
 from diffuse.schedule import Schedule
 
 
+@declare(order=1)
 def euler(
-    denoiser: Callable[[Tensor, float], tuple[Tensor, Tensor]],
+    denoiser: Denoiser,
     schedule: Schedule,
     x_T: Tensor,  # (B,C,H,W) standard normal
+    ts: list[float],  # strictly decreasing timesteps, then -1
     *,
-    steps: int,
-    spacing: str = "karras",
     generator: Generators = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Sample with Euler steps in sigma_VE; one model evaluation per step."""
-    ts = schedule.timesteps(steps, spacing)
     x = x_T
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         eps, x0 = denoiser(x, t)
@@ -32,6 +32,5 @@ def euler(
         # it needs no division by alpha (exact in float32 far from the data, and fine at zero terminal SNR).
         x = alpha_next * (x0 + s_next * eps)
         if on_step is not None:
-            on_step(i + 1, steps)
+            on_step(i + 1, len(ts) - 1)
     return x
-

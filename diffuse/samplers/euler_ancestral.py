@@ -8,25 +8,29 @@ from typing import Callable
 from torch import Tensor
 
 from diffuse import DiffuseError
+from diffuse.samplers import Denoiser, declare
 from diffuse.samplers.noise import Generators, randn_like
 from diffuse.schedule import Schedule
 
 
+def check(schedule: Schedule, eta: float = 1.0) -> None:
+    if eta < 0:
+        raise DiffuseError(f"euler_ancestral eta must be >= 0, got {eta}")
+
+
+@declare(order=None, check=check)
 def euler_ancestral(
-    denoiser: Callable[[Tensor, float], tuple[Tensor, Tensor]],
+    denoiser: Denoiser,
     schedule: Schedule,
     x_T: Tensor,  # (B,C,H,W) standard normal
+    ts: list[float],  # strictly decreasing timesteps, then -1
     *,
-    steps: int,
     eta: float = 1.0,
-    spacing: str = "trailing",
     generator: Generators = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Sample with Euler ancestral steps; one model evaluation per step. eta = 0 is plain Euler."""
-    if eta < 0:
-        raise DiffuseError(f"euler_ancestral eta must be >= 0, got {eta}")
-    ts = schedule.timesteps(steps, spacing)
+    check(schedule, eta)
     x = x_T
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         eps, x0 = denoiser(x, t)
@@ -41,5 +45,5 @@ def euler_ancestral(
             x_tilde = x_tilde + s_up * randn_like(x, generator)
         x = schedule.alpha(t_next).item() * x_tilde
         if on_step is not None:
-            on_step(i + 1, steps)
+            on_step(i + 1, len(ts) - 1)
     return x

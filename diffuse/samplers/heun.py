@@ -7,25 +7,29 @@ from typing import Callable
 from torch import Tensor
 
 from diffuse import DiffuseError
+from diffuse.samplers import Denoiser, declare
 from diffuse.samplers.noise import Generators
 from diffuse.schedule import Schedule
 
 
+def evaluations(steps: int) -> int:
+    """Two per step but the last, which lands on sigma = 0 with a plain Euler step."""
+    return 2 * steps - 1
+
+
+@declare(order=2, evaluations=evaluations, finite_start=True)
 def heun(
-    denoiser: Callable[[Tensor, float], tuple[Tensor, Tensor]],
+    denoiser: Denoiser,
     schedule: Schedule,
     x_T: Tensor,  # (B,C,H,W) standard normal
+    ts: list[float],  # strictly decreasing timesteps, then -1
     *,
-    steps: int,
-    spacing: str = "karras",
     generator: Generators = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Sample with Heun steps; 2 model evaluations per step, 1 on the last (to sigma = 0): 2 * steps - 1 NFE."""
-    if schedule.terminal_snr == 0:
-        raise DiffuseError("heun integrates in sigma = sigma_t / alpha_t, which is infinite at zero terminal SNR; "
-                           "use ddim, euler, dpmpp_2m, unipc or euler_ancestral with this schedule")
-    ts = schedule.timesteps(steps, spacing)
+    if schedule.sigma_ve(ts[0]).isinf():
+        raise DiffuseError("heun integrates in sigma = sigma_t / alpha_t, which is infinite at zero terminal SNR")
     x = x_T
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         alpha_next = schedule.alpha(t_next).item()
@@ -38,5 +42,5 @@ def heun(
             x_tilde = x0 + s_next * 0.5 * (d + d_next) + s * 0.5 * (d - d_next)
         x = alpha_next * x_tilde
         if on_step is not None:
-            on_step(i + 1, steps)
+            on_step(i + 1, len(ts) - 1)
     return x

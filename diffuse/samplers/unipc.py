@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from diffuse import DiffuseError
+from diffuse.samplers import Denoiser, declare
 from diffuse.samplers.noise import Generators
 from diffuse.schedule import Schedule
 
@@ -30,20 +31,7 @@ def coefficients(rks: list[float], h: float, variant: str) -> tuple[Tensor, Tens
     return torch.tensor(R, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), B_h
 
 
-def unipc(
-    denoiser: Callable[[Tensor, float], tuple[Tensor, Tensor]],
-    schedule: Schedule,
-    x_T: Tensor,  # (B,C,H,W) standard normal
-    *,
-    steps: int,
-    order: int = 2,
-    variant: str = "bh2",
-    spacing: str = "trailing",
-    generator: Generators = None,
-    on_step: Callable[[int, int], None] | None = None,
-) -> Tensor:
-    """Sample with UniPC of the given order (warming up from order 1); one model evaluation per step: the
-    evaluation at each new point serves both the corrector of this step and the predictor of the next."""
+def check(schedule: Schedule, order: int = 2, variant: str = "bh2") -> None:
     if order not in (1, 2, 3):
         raise DiffuseError(f"unipc order must be 1, 2 or 3, got {order}")
     if variant not in VARIANTS:
@@ -51,7 +39,24 @@ def unipc(
     if variant == "bh1" and schedule.terminal_snr == 0:
         raise DiffuseError("unipc variant bh1 has B(h) = h, infinite on the first step from zero terminal SNR; "
                            "use variant=bh2")
-    ts = schedule.timesteps(steps, spacing)
+
+
+# UniPC-2's corrector lifts it to order 3 (Zhao et al. 2023, Theorem 3.3)
+@declare(order=3, check=check)
+def unipc(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    x_T: Tensor,  # (B,C,H,W) standard normal
+    ts: list[float],  # strictly decreasing timesteps, then -1
+    *,
+    order: int = 2,
+    variant: str = "bh2",
+    generator: Generators = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """Sample with UniPC of the given order (warming up from order 1); one model evaluation per step: the
+    evaluation at each new point serves both the corrector of this step and the predictor of the next."""
+    check(schedule, order, variant)
     x = x_T
     _, x0 = denoiser(x, ts[0])
     history = [(schedule.log_snr(ts[0]).item(), x0)]  # (lambda, x0 prediction) at finite lambda, newest last
@@ -82,5 +87,5 @@ def unipc(
                 history = []  # a point at zero SNR (lambda = -inf) cannot enter a higher-order difference
             history = (history + [(lam_next, x0_next)])[-order:]
         if on_step is not None:
-            on_step(i + 1, steps)
+            on_step(i + 1, len(ts) - 1)
     return x

@@ -1,0 +1,134 @@
+"""The one path from a model to images: `generate(model, sampler, options, device)`, used by `diffuse sample`,
+`diffuse eval`, the training grids and the background evaluation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffuse import DiffuseError
+from diffuse.denoiser import DiffusionModel, ModelDenoiser
+from diffuse.images import to_uint8
+from diffuse.precision import check as check_precision, resolve as resolve_precision
+from diffuse.samplers import Sampler
+from diffuse.samplers.noise import randn_like
+from diffuse.validate import is_int, seed as check_seed
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How images are drawn (the defaults are in conf/generate.yaml, or the train.* options for grids)."""
+
+    n: int  # images
+    batch_size: int  # images per sampler call (the images do not depend on it)
+    steps: int  # sampler steps
+    seed: int  # image i's noise is seeded from (seed, i)
+    precision: str  # fp32 | bf16 | auto: autocast for the network
+    clip_x0: bool  # clamp every x0 prediction to [-1, 1]
+    dynamic_threshold: float  # Imagen's dynamic thresholding percentile (0 = off)
+    guidance: float  # classifier-free guidance scale (conditional models)
+    guidance_rescale: float  # phi of Lin et al. 2024 (0 = off)
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise DiffuseError(f"n must be >= 1, got {self.n}")
+        if self.batch_size < 1:
+            raise DiffuseError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_seed(self.seed)
+        check_precision(self.precision)
+        if not -100 <= self.guidance <= 100:
+            raise DiffuseError(f"guidance must be in -100..100, got {self.guidance}")
+        if not 0 <= self.guidance_rescale <= 1:
+            raise DiffuseError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
+        if not 0 <= self.dynamic_threshold <= 1:
+            raise DiffuseError(f"dynamic threshold percentile must be in (0, 1], or 0 for off; got {self.dynamic_threshold}")
+
+
+@dataclass
+class Generated:
+    images: np.ndarray  # (n,H,W,C) uint8, quantized exactly as saved
+    labels: np.ndarray | None  # (n,) the class each image asked for, or None (unconditional)
+    timesteps: list[float]  # the sampler's walk
+    nfe_per_image: int  # network evaluations per image (a guided evaluation counts two)
+    precision: str  # the precision the network ran in (auto resolved)
+    seconds: float
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """A per-image seed: images do not depend on the batch size they were drawn in."""
+    return (seed * 0x9E3779B97F4A7C15 + index) % 2**63
+
+
+def image_labels(classes: list[int] | None, n: int) -> np.ndarray | None:
+    """Image i asks for classes[i % len(classes)]: every class gets n/len(classes) images, give or take one."""
+    return None if classes is None else np.array([classes[i % len(classes)] for i in range(n)], dtype=np.int64)
+
+
+def resolve_classes(labels: Any, label: Any, conditional: bool, num_classes: int) -> list[int] | None:
+    """`labels=[3,7]`, `labels=all` or `label=3` -> the classes asked for; None for an unconditional model. An
+    unconditional model takes no labels; a conditional one draws every class in turn unless told otherwise."""
+    if labels is not None and label is not None:
+        raise DiffuseError("give labels=[...] or label=K, not both")
+    if label is not None:
+        labels = [label]
+    if labels is None:
+        return list(range(num_classes)) if conditional else None
+    if not conditional:
+        raise DiffuseError("labels/label need a conditional model, and the ckpt is unconditional (train one with "
+                           "model.conditional=true)")
+    if labels == "all":
+        return list(range(num_classes))
+    if is_int(labels):
+        labels = [labels]
+    if not (isinstance(labels, (list, tuple)) and labels and all(is_int(v) for v in labels)):
+        raise DiffuseError(f"labels must be a list of class indices, `all`, or one index; got {labels!r}")
+    bad = [v for v in labels if not 0 <= v < num_classes]
+    if bad:
+        raise DiffuseError(f"label {bad[0]} is out of range: the model knows classes 0..{num_classes - 1}")
+    return list(labels)
+
+
+Observer = Callable[[float, Tensor, Tensor, Tensor], None]  # (t, x_t, eps, x0) after each network call
+
+
+def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, device: torch.device,
+             classes: list[int] | None = None, *, on_step: Callable[[int], None] | None = None,
+             observe: Observer | None = None) -> Generated:
+    """Draw opts.n images of `model` with `sampler`; image i asks for classes[i % len(classes)] (conditional
+    models). `on_step(k)` reports the k-th sampler step overall; `observe` sees every denoiser call."""
+    ts = sampler.check(model.schedule, opts.steps)
+    precision = resolve_precision(opts.precision, device)
+    labels = image_labels(classes, opts.n)
+    out, evaluations, batches = [], 0, 0
+    t0 = time.perf_counter()
+    for start in range(0, opts.n, opts.batch_size):
+        b = min(opts.batch_size, opts.n - start)
+        gens = [torch.Generator(device).manual_seed(sample_seed(opts.seed, i)) for i in range(start, start + b)]
+        x_T = randn_like(torch.empty((b, *model.shape), device=device), gens)  # (b,C,H,W)
+        batch_labels = None if labels is None else torch.as_tensor(labels[start:start + b], dtype=torch.long)
+        denoiser = ModelDenoiser(model, labels=batch_labels, precision=precision, clip_x0=opts.clip_x0,
+                                 threshold=opts.dynamic_threshold, guidance=opts.guidance,
+                                 guidance_rescale=opts.guidance_rescale)
+
+        def counted(x_t: Tensor, t: float, denoiser: ModelDenoiser = denoiser) -> tuple[Tensor, Tensor]:
+            nonlocal evaluations
+            evaluations += denoiser.evaluations
+            eps, x0 = denoiser(x_t, t)
+            if observe is not None:
+                observe(t, x_t, eps, x0)
+            return eps, x0
+
+        def step(i: int, total: int, done: int = batches * (len(ts) - 1)) -> None:
+            if on_step is not None:
+                on_step(done + i)
+
+        x0 = sampler(counted, model.schedule, x_T, ts, generator=gens, on_step=step)
+        out.append(to_uint8(x0))
+        batches += 1
+    return Generated(images=np.concatenate(out), labels=labels, timesteps=ts, nfe_per_image=evaluations // batches,
+                     precision=precision, seconds=time.perf_counter() - t0)
