@@ -79,11 +79,27 @@ def test_resume_refuses_a_finished_run_and_a_sampling_only_file(tmp_path, data_r
     assert proc.returncode == 2 and "holds no training state" in proc.stderr
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_training_outlives_its_test():
+    """A test that fails while its training process runs (100000 steps) must not leave it running."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def start_training(cwd: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "DIFFUSE_DATA_ROOT": str(DATA_ROOT)}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", "diffuse", "train", *args], cwd=cwd, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "diffuse", "train", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    STARTED.append(proc)
+    return proc
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
