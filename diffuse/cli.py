@@ -28,8 +28,13 @@ def refuse_renamed(subcommand: str, overrides: list[str]) -> None:
             fail(subcommand, f"{key}= is now {RENAMED[key]}=: use {RENAMED[key]}={value or 'NAME'}")
 
 
+def flat(message: str) -> str:
+    """Any message as one line (details are for HYDRA_FULL_ERROR=1)."""
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
 def fail(subcommand: str, message: str) -> None:
-    print(f"diffuse {subcommand}: error: {message}", file=sys.stderr)
+    print(f"diffuse {subcommand}: error: {flat(message)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -46,7 +51,8 @@ def task(subcommand: str, full_error: bool):
                 raise
             from diffuse.train import TrainingInterrupted
 
-            print(f"diffuse {subcommand}: {'' if isinstance(e, TrainingInterrupted) else 'error: '}{e}", file=sys.stderr)
+            print(f"diffuse {subcommand}: {'' if isinstance(e, TrainingInterrupted) else 'error: '}{flat(e)}",
+                  file=sys.stderr)
             sys.exit(130 if isinstance(e, TrainingInterrupted) else 2)
 
     return run_task
@@ -104,9 +110,12 @@ def one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if argv and argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
+    if not argv:  # a command line without a subcommand is a mistake: usage on stderr, exit 2 (as argparse does)
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
     sub = argv[0]
     if sub == "report":
         from diffuse.report import main as report_main
@@ -114,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         report_main(argv[1:])
         return
     if sub not in SUBCOMMANDS:
-        print(f"diffuse: error: unknown subcommand {sub!r}; allowed: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        print(f"diffuse: error: unknown subcommand {sub!r}; allowed: {', '.join(SUBCOMMANDS)} (diffuse --help)",
+              file=sys.stderr)
         sys.exit(2)
 
     refuse_renamed(sub, argv[1:])

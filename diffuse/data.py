@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,16 @@ def reshape_images(images: Tensor, channels: int, image_size: int) -> Tensor:
         out = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", antialias=True)
         images = out.round().clamp(0, 255).to(torch.uint8)
     return images.contiguous()
+
+
+def download_error(error: Exception) -> str:
+    """Why a download failed, in one line: torchvision's message names every mirror it tried on lines of its own."""
+    text = str(error)
+    mirrors = re.findall(r"Tried (\S+?),? got", text)
+    reasons = [m.strip() for m in re.findall(r"<urlopen error (.*?)>", text)]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = reasons[-1] if reasons else (lines[-1] if lines else type(error).__name__)
+    return f"tried {' and '.join(mirrors)}: {reason}" if mirrors else reason if reasons else "; ".join(lines) or reason
 
 
 class BatchIterator:

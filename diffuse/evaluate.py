@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from diffuse import DiffuseError
-from diffuse.features.extractors import KINDS, make_extractor
+from diffuse.features.extractors import KINDS, Extractor, make_extractor
 from diffuse.features.inception_weights import InceptionOptions
+from diffuse.features.reference import Reference, reference_features, write_stats
 from diffuse.generate import GenerationOptions, generate
 from diffuse.scoring import ScoreSettings, score_images
 from diffuse.ui import interactive, print_metrics, progress_bar
@@ -31,6 +32,9 @@ class EvalOptions(GenerationOptions):
     pr_k: int  # neighbours for the precision/recall manifolds
     classifier_steps: int  # training steps of the domain classifier at its first use
     inception: InceptionOptions
+    samples_range: list[float] | None  # the value range of float images read with samples= ([0,1] or [-1,1])
+    save_reference: bool  # also write the reference's statistics to reference_stats.npz
+
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,6 +47,12 @@ class EvalOptions(GenerationOptions):
         if not 1 <= self.classifier_steps <= 1_000_000:
             raise DiffuseError(f"classifier_steps must be an integer in 1..1000000, got {self.classifier_steps!r}")
         self.settings  # checks the scoring protocol
+        r = self.samples_range
+        if r is not None:
+            if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(isinstance(v, (int, float)) and
+                                                                        not isinstance(v, bool) for v in r) and r[0] < r[1]):
+                raise DiffuseError(f"samples_range must be [LOW,HIGH] with LOW < HIGH, e.g. [0,1] or [-1,1]; got {r!r}")
+            object.__setattr__(self, "samples_range", (float(r[0]), float(r[1])))
 
     @property
     def settings(self) -> ScoreSettings:
@@ -51,12 +61,14 @@ class EvalOptions(GenerationOptions):
 
 def evaluate(job, opts: EvalOptions) -> Path:
     """`diffuse eval`: the extractor first (a missing weights file fails before minutes of sampling), then the
-    images (drawn from job.loaded, or job.samples as read), then the scores; writes metrics.json."""
+    images (drawn from job.loaded, or as read from files), then the scores; writes metrics.json (and the
+    reference's statistics, reference_stats.npz)."""
     t_start = time.perf_counter()
     extractor = make_extractor(job.features, job.reference, job.cache_dir, job.device, opts.classifier_steps,
                                opts.inception)
-    record: dict = {"n": opts.n, "seed": opts.seed, "dataset": job.data.name,
-                    "reference": {"split": opts.reference_split, "dataset": job.data.name},
+    ref, against, description = reference(job, opts, extractor)
+    record: dict = {"n": opts.n, "seed": opts.seed, "dataset": job.data.name if job.data else None,
+                    "reference": against,
                     "features": {"name": extractor.name, "weights_sha256": extractor.weights_sha256, **extractor.info}}
     if job.loaded is not None:
         batches = -(-opts.n // opts.batch_size)
@@ -70,16 +82,40 @@ def evaluate(job, opts: EvalOptions) -> Path:
                       nfe=drawn.nfe_per_image, precision=drawn.precision, generate_seconds=round(drawn.seconds, 2))
         source = f"ckpt {job.loaded.path}"
     else:
-        images, labels = job.samples, None
-        record.update(samples=str(job.samples_path), n=len(images))
+        images, labels = job.samples.images, job.samples.labels
+        record.update(samples=str(job.samples_path), n=len(images), labels_from_file=labels is not None)
         source = f"samples {job.samples_path}"
-    result = score_images(images, job.reference, opts.reference_split, extractor, opts.settings, job.cache_dir,
-                          labels, opts.floor)
+    floor = None
+    if opts.floor:
+        other = "train" if opts.reference_split == "test" else "test"
+        floor = reference_features(job.reference(other), other, extractor, job.cache_dir, n=len(images))
+    result = score_images(images, ref, extractor, opts.settings, labels, floor)
+    if floor is not None:
+        result["floor"]["protocol"]["images"] = f"{len(floor.features)} real {other} images"
     record.update(metrics=result["model"], floor=result["floor"], score_seconds=result["score_seconds"],
                   wall_seconds=round(time.perf_counter() - t_start, 2), options=asdict(opts))
     job.out_dir.mkdir(parents=True, exist_ok=True)
     (job.out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-    print_metrics(f"{source}: {len(images)} images vs {job.data.name} {opts.reference_split} "
-                  f"({extractor.name} features)", result["model"], result["floor"])
+    if opts.save_reference and job.stats_file is None:
+        write_stats(job.out_dir / "reference_stats.npz", ref, extractor, job.data, opts.reference_split)
+    print_metrics(f"{source}: {len(images)} images vs {description} ({extractor.name} features)",
+                  result["model"], result["floor"])
     log.info("wrote %s (%.1f s)", job.out_dir / "metrics.json", record["wall_seconds"])
     return job.out_dir
+
+
+def reference(job, opts: EvalOptions, extractor: Extractor) -> tuple[Reference, dict, str]:
+    """What the images are scored against, its record and its name: the features of the real split (cached), or
+    the statistics of a reference= file, which the same extractor must have made."""
+    if job.stats_file is None:
+        ref = reference_features(job.data, opts.reference_split, extractor, job.cache_dir)
+        return ref, {"split": opts.reference_split, "dataset": job.data.name}, f"{job.data.name} {opts.reference_split}"
+    stats = job.stats_file
+    if stats.extractor is None:
+        log.warning("reference=%s records no extractor: taken as FID Inception statistics (as pytorch-fid and ADM "
+                    "write them)", stats.path)
+    elif stats.extractor != extractor.id:
+        raise DiffuseError(f"reference={stats.path} was computed with {stats.extractor}, and this evaluation's "
+                           f"extractor is {extractor.id}: statistics of other features cannot be compared")
+    return (Reference(stats.stats), {"file": str(stats.path), "statistics_of": stats.source, "extractor": stats.extractor},
+            f"{stats.path.name} ({stats.source})")

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -21,9 +20,11 @@ from diffuse.config import DATASETS, MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, 
 from diffuse.data import ImageData
 from diffuse.denoiser import DiffusionModel
 from diffuse.features.extractors import choose_features
+from diffuse.features.inception import FEATURES as INCEPTION_FEATURES
 from diffuse.features.inception_weights import locate_weights
+from diffuse.features.reference import StatsFile, read_stats
 from diffuse.generate import resolve_classes
-from diffuse.image_files import check_images, read_images
+from diffuse.image_files import ImageSet, check_images, read_images
 from diffuse.models import check_network
 from diffuse.objectives import Objective
 from diffuse.samplers import InfiniteStart, Sampler
@@ -74,18 +75,20 @@ class SampleJob:
 
 @dataclass(eq=False)
 class EvalJob:
-    """What `diffuse eval` scores (a checkpoint's samples, or images read from files) and against which real data."""
+    """What `diffuse eval` scores (a checkpoint's samples, or images read from files) and against what: a real
+    data set, or statistics read from a file (reference=)."""
 
-    reference: Callable[[str], ImageData]  # split ("train" | "test") -> the real data set
-    data: ImageData  # the reference split itself
     features: str  # the feature extractor: classifier | inception
     device: torch.device
     out_dir: Path
     cache_dir: Path
+    reference: Callable[[str], ImageData] | None  # split ("train" | "test") -> the real data set (None: not needed)
+    data: ImageData | None  # the reference split itself
+    stats_file: StatsFile | None = None  # with reference=: the statistics to score against
     loaded: LoadedModel | None = None  # with ckpt=: the model that draws the images
     sampler: Sampler | None = None
     classes: list[int] | None = None
-    samples: np.ndarray | None = None  # with samples=: the images to score, (N,H,W,C) uint8
+    samples: ImageSet | None = None  # with samples=: the images to score, as read
     samples_path: Path | None = None
 
 
@@ -192,12 +195,12 @@ def build_sample(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
     return SampleJob(loaded, sampler, classes, device, ctx.out_dir)
 
 
-def reference_node(config: dict, loaded: LoadedModel | None) -> dict:
+def reference_node(config: dict, loaded: LoadedModel | None, why: str) -> dict:
     """The data set to score against: dataset=NAME, or else the one the checkpoint was trained on (read from this
     machine's data root)."""
     node = config.get("dataset")
     if node is None and loaded is None:
-        raise DiffuseError("samples= needs the data set to score against: pass dataset=NAME (e.g. dataset=mnist)")
+        raise DiffuseError(f"{why}: pass dataset=NAME (e.g. dataset=mnist)")
     if node is None:
         node = dict(loaded.config.get("dataset") or {})
         if not node:
@@ -209,9 +212,20 @@ def reference_node(config: dict, loaded: LoadedModel | None) -> dict:
     return node
 
 
+def file_features(opts, stats: StatsFile) -> str:
+    """The extractor a statistics file was made with, which the evaluation must use too."""
+    if opts.features not in ("auto", stats.kind):
+        raise DiffuseError(f"reference={stats.path} holds {stats.kind} statistics, and features={opts.features}: "
+                           f"score with the extractor that made them")
+    if stats.extractor is None and len(stats.stats.mu) != INCEPTION_FEATURES:
+        raise DiffuseError(f"reference={stats.path} records no extractor and holds {len(stats.stats.mu)}-d statistics, "
+                           f"not the {INCEPTION_FEATURES}-d FID Inception features such files carry")
+    return stats.kind
+
+
 def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
-    """Checks in the order of their cost: the arguments, the images to score or the checkpoint, the feature
-    extractor's weights file; then the reference data set is read (the extractor is made by the task)."""
+    """Checks in the order of their cost: the arguments, the images to score or the checkpoint, a statistics
+    file, the extractor's weights file; then the reference data set is read when one is needed."""
     config = nodes.plain(cfg)
     has_ckpt, has_samples = config.get("ckpt") is not None, config.get("samples") is not None
     if has_samples and (config.get("labels") is not None or config.get("label") is not None or opts.guidance != 1.0):
@@ -219,28 +233,48 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
     if has_ckpt == has_samples:
         raise DiffuseError("give exactly one of ckpt=PATH (generate from a checkpoint) or samples=PATH (score an "
                            ".npz or a folder of images)")
-    device = nodes.device(config["device"])
-    cache_dir = Path(str(config["cache_dir"])).expanduser()
-    loaded = sampler = classes = samples = samples_path = None
+    job = EvalJob(opts.features, nodes.device(config["device"]), ctx.out_dir,
+                  Path(str(config["cache_dir"])).expanduser(), None, None)
     if has_ckpt:
-        loaded, sampler, classes = loaded_checkpoint(config, opts.steps)
+        job.loaded, job.sampler, job.classes = loaded_checkpoint(config, opts.steps)
+        shape = job.loaded.model.shape
     else:
-        samples_path = Path(str(config["samples"])).expanduser()
-        samples = read_images(samples_path)
-    node = reference_node(config, loaded)
-    if opts.features == "inception":  # absent and not downloadable: fail before reading any data
-        locate_weights(opts.inception, cache_dir)
-    reference = dataset_builder(node)
-    data = reference(opts.reference_split)
-    if samples is not None:
-        check_images(samples, data.shape, f"samples {samples_path}")
-    elif loaded.model.shape != data.shape:
-        raise DiffuseError(f"the data set {data.name} has images {list(data.shape)} (C,H,W), but ckpt={config['ckpt']} "
-                           f"generates {list(loaded.model.shape)}: evaluate against the data set it was trained on")
-    features = choose_features(opts.features, data.shape, data.num_classes)
-    if features == "inception":
-        locate_weights(opts.inception, cache_dir)
-    if loaded is not None:
-        loaded.model.network.to(device)
-    return EvalJob(reference, data, features, device, ctx.out_dir, cache_dir, loaded, sampler, classes, samples,
-                   samples_path)
+        job.samples_path = Path(str(config["samples"])).expanduser()
+        job.samples = read_images(job.samples_path, opts.samples_range)
+        shape = tuple(job.samples.images.shape[i] for i in (3, 1, 2))
+    if config.get("reference") is not None:
+        job.stats_file = read_stats(Path(str(config["reference"])).expanduser())
+        job.features = file_features(opts, job.stats_file)
+        if job.stats_file.image_shape not in (None, shape):
+            raise DiffuseError(f"reference={job.stats_file.path} describes images {list(job.stats_file.image_shape)} "
+                               f"(C,H,W), and these are {list(shape)}")
+    if job.features == "inception":  # absent and not downloadable: fail before reading any data
+        locate_weights(opts.inception, job.cache_dir)
+    if job.stats_file is None or opts.floor or job.features == "classifier":
+        why = ("samples= needs the data set to score against" if job.stats_file is None else
+               "floor=true scores real images of a data set (floor=false scores against reference= alone)"
+               if opts.floor else "classifier statistics need the classifier, trained on a data set")
+        job.reference = dataset_builder(reference_node(config, job.loaded, why))
+        job.data = job.reference(opts.reference_split)
+        check_real_data(job, shape, opts)
+    if job.loaded is not None:
+        job.loaded.model.network.to(job.device)
+    return job
+
+
+def check_real_data(job: EvalJob, shape: tuple[int, int, int], opts) -> None:
+    """The images to score must fit the real data set; the extractor `auto` names is decided by it."""
+    data = job.data
+    if job.samples is not None:
+        check_images(job.samples.images, data.shape, f"samples {job.samples_path}")
+        labels = job.samples.labels
+        if labels is not None and len(labels) and data.num_classes and labels.max() >= data.num_classes:
+            raise DiffuseError(f"samples {job.samples_path}: labels run up to {labels.max()}, and {data.name} has "
+                               f"classes 0..{data.num_classes - 1}")
+    elif shape != data.shape:
+        raise DiffuseError(f"the data set {data.name} has images {list(data.shape)} (C,H,W), but ckpt={job.loaded.path} "
+                           f"generates {list(shape)}: evaluate against the data set it was trained on")
+    if job.features == "auto":
+        job.features = choose_features("auto", data.shape, data.num_classes)
+        if job.features == "inception":
+            locate_weights(opts.inception, job.cache_dir)

@@ -16,7 +16,7 @@ from diffuse.images import grid, save_png, to_uint8
 from diffuse.ui import interactive, progress_bar
 
 log = logging.getLogger(__name__)
-FORMATS = ("npz", "folder")
+FORMATS = ("npz", "adm", "folder")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class SampleOptions(GenerationOptions):
 
     png: bool  # also write one PNG per image under images/
     trajectory: bool  # also draw trajectory.png: x_t and the predicted x0 across the steps
-    format: str  # npz | folder (also images/<class>/<i>.png, an ImageFolder of the samples)
+    format: str  # npz | adm (samples.npz with ADM's keys) | folder (also images/<class>/<i>.png)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,15 +80,17 @@ def write_folder(images: np.ndarray, labels: np.ndarray | None, root: Path, num_
 
 
 def sample(job, opts: SampleOptions) -> Path:
-    """Write grid.png, samples.npz (key `images`: (n,H,W,C) uint8; `labels` for a conditional model) and
-    sampling.json into job.out_dir."""
+    """Write grid.png, samples.npz (key `images`: (n,H,W,C) uint8; `labels` for a conditional model; with
+    format=adm `arr_0` and `arr_1`, as openai/guided-diffusion's and DiT's samplers write them) and sampling.json
+    into job.out_dir."""
     model, out = job.loaded.model, job.out_dir
     batches = -(-opts.n // opts.batch_size)
     with progress_bar("sampling", batches * opts.steps, interactive()) as bar:
         drawn = generate(model, job.sampler, opts, job.device, job.classes, on_step=bar.update)
     out.mkdir(parents=True, exist_ok=True)
     labels = drawn.labels
-    np.savez_compressed(out / "samples.npz", images=drawn.images, **({} if labels is None else {"labels": labels}))
+    keys = ("arr_0", "arr_1") if opts.format == "adm" else ("images", "labels")  # ADM's, or ours
+    np.savez_compressed(out / "samples.npz", **{keys[0]: drawn.images}, **({} if labels is None else {keys[1]: labels}))
     save_png(picture(drawn.images, labels, job.classes), out / "grid.png")
     if opts.png or opts.format == "folder":
         write_folder(drawn.images, labels, out / "images", model.network.num_classes)

@@ -164,7 +164,7 @@ def test_bad_samples_give_one_clear_line(eval_cache, tmp_path):
     np.savez(tmp_path / "float.npz", images=np.zeros((4, 28, 28, 1), np.float32))
     np.savez(tmp_path / "one.npz", images=np.zeros((1, 28, 28, 1), np.uint8))
     cases = [("samples=" + str(tmp_path / "rgb.npz"), "32x32 with 3 channel"),
-             ("samples=" + str(tmp_path / "float.npz"), "must be uint8"),
+             ("samples=" + str(tmp_path / "float.npz"), "give their range with samples_range"),
              ("samples=" + str(tmp_path / "one.npz"), "at least 2"),
              ("samples=" + str(tmp_path / "missing"), "neither")]
     for arg, expected in cases:
@@ -180,5 +180,5 @@ def test_bad_samples_give_one_clear_line(eval_cache, tmp_path):
 def test_read_images_from_a_folder_of_pngs(tmp_path):
     for i in range(3):
         Image.fromarray(np.full((8, 8), i * 50, np.uint8)).save(tmp_path / f"{i}.png")
-    images = read_images(tmp_path)
-    assert images.shape == (3, 8, 8, 1) and images[2, 0, 0, 0] == 100
+    read = read_images(tmp_path)
+    assert read.images.shape == (3, 8, 8, 1) and read.images[2, 0, 0, 0] == 100 and read.labels is None

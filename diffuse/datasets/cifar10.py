@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from diffuse import DiffuseError
-from diffuse.data import ImageData, reshape_images
+from diffuse.data import ImageData, download_error, reshape_images
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
@@ -52,7 +52,8 @@ def cifar10(root: str, train: bool = True, download: bool = True, image_size: in
             with contextlib.redirect_stdout(io.StringIO()):
                 download_and_extract_archive(URL, str(folder.parent))
         except Exception as e:
-            raise DiffuseError(f"CIFAR-10 not found in {folder.resolve()} and could not be downloaded ({e}): {how}") from None
+            raise DiffuseError(f"CIFAR-10 not found in {folder.resolve()} and could not be downloaded "
+                               f"({download_error(e)}): {how}") from None
     images, labels = read_batches(files)
     return ImageData(images=reshape_images(images, channels, image_size), labels=labels, num_classes=10,
                      name="cifar10", hflip=hflip, class_names=CLASSES)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from diffuse import DiffuseError
-from diffuse.data import ImageData, reshape_images
+from diffuse.data import ImageData, download_error, reshape_images
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -27,7 +27,8 @@ def load_idx(dataset_cls, folder: str, name: str, root: str, train: bool, downlo
         with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each failed mirror
             ds = dataset_cls(os.fspath(Path(root).expanduser()), train=train, download=download and not present)
     except Exception as e:  # URLError, RuntimeError, OSError: the download or the files failed
-        raise DiffuseError(f"{folder} not found in {raw.resolve()} and could not be downloaded ({e}): {how}") from None
+        raise DiffuseError(f"{folder} not found in {raw.resolve()} and could not be downloaded ({download_error(e)}): "
+                           f"{how}") from None
     images = reshape_images(ds.data.unsqueeze(1), channels, image_size)  # (N,C,H,W) uint8
     return ImageData(images=images, labels=ds.targets.long(), num_classes=10, name=name, hflip=hflip)
 

@@ -32,8 +32,9 @@ class Extractor:
         feats, logits = [], []
         for start in range(0, len(images), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size]))
-            x = x.permute(0, 3, 1, 2).contiguous().to(self.device)  # (B,C,H,W) uint8, one memory layout whatever
-            # the source's strides (they pick the convolution kernels, and so the last bits of the features)
+            # (B,C,H,W) uint8 in one memory layout whatever the source's strides (they pick the convolution kernels,
+            # and so the last bits of the features); a clone, as .contiguous() keeps odd strides of size-1 axes
+            x = x.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format).to(self.device)
             f, l = self.network(x)
             feats.append(f.float().cpu())
             logits.append(l.float().cpu())
