@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
+
+from omegaconf import OmegaConf
 
 SUBCOMMANDS = {"train": "train a model (conf/train.yaml)", "sample": "draw images from a checkpoint (conf/sample.yaml)",
                "eval": "score a checkpoint's samples or image files: FID, KID, precision/recall (conf/eval.yaml)",
@@ -19,6 +22,29 @@ USAGE = ("usage: diffuse {train,sample,eval} [KEY=VALUE ...] [-m] [--help] [--cf
 
 
 RENAMED = {"parameterization": "objective"}  # options of earlier versions, and what they are now
+SHARED_TIME: list[datetime.datetime] = []  # under torchrun: rank 0's start time, which every rank's run dir uses
+
+
+def run_time(pattern: str) -> str:
+    """${run_time:%H-%M-%S} in a run directory: now, or under torchrun the time rank 0 started (one folder)."""
+    return (SHARED_TIME[0] if SHARED_TIME else datetime.datetime.now()).strftime(pattern)
+
+
+OmegaConf.register_new_resolver("run_time", run_time, use_cache=True, replace=True)
+
+
+def join_run(argv: list[str]):
+    """Under torchrun: join the process group, agree on rank 0's start time for the run directory, and keep the
+    other ranks from writing Hydra's files and logs (rank 0 writes them). One process: World(), argv as is."""
+    from diffuse import distributed
+
+    world = distributed.start()
+    if world.active:
+        micros = world.broadcast_int(int(datetime.datetime.now().timestamp() * 1e6))
+        SHARED_TIME[:] = [datetime.datetime.fromtimestamp(micros / 1e6)]
+        if world.rank:
+            argv = [*argv, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return world, argv
 
 
 def refuse_renamed(subcommand: str, overrides: list[str]) -> None:
@@ -49,7 +75,7 @@ def task(subcommand: str, full_error: bool):
         except DiffuseError as e:  # exit here: Hydra would log a second line for an exception
             if full_error:
                 raise
-            from diffuse.train import TrainingInterrupted
+            from diffuse.stop import TrainingInterrupted
 
             print(f"diffuse {subcommand}: {'' if isinstance(e, TrainingInterrupted) else 'error: '}{flat(e)}",
                   file=sys.stderr)
@@ -78,20 +104,31 @@ def run_subcommand(subcommand: str, cfg) -> None:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from diffuse import config, run
+    from diffuse import config, distributed, run
 
     options_cls, section, builder, task_fn = TASKS[subcommand]
     hydra_cfg = HydraConfig.get()
     node = cfg if section is None else cfg[section]
     opts = config.options(attribute(options_cls), node, "" if section is None else f"{section}.", strict=section is not None)
     ctx = run.Context(Path(hydra_cfg.runtime.output_dir), hydra_cfg.runtime.choices.get("experiment"),
-                      tuple(hydra_cfg.overrides.task))
+                      tuple(hydra_cfg.overrides.task), distributed.from_environment())
     attribute(task_fn)(getattr(run, builder)(cfg, ctx, opts), opts)
+
+
+LAUNCHER_EXTRAS = {"joblib": "joblib", "submitit_slurm": "slurm", "submitit_local": "slurm"}  # plugin -> extra
 
 
 def one_line(error: BaseException) -> str:
     """Hydra's and OmegaConf's multi-line messages, condensed to the lines that say what is wrong."""
+    import re
+
     from hydra.errors import MissingConfigException
+
+    missing = re.search(r"In 'hydra/launcher/(\w+)': Could not load 'hydra/launcher/(\w+)'", str(error))
+    if missing and missing.group(2) in LAUNCHER_EXTRAS:
+        extra = LAUNCHER_EXTRAS[missing.group(2)]
+        return (f"hydra/launcher={missing.group(1)} needs Hydra's {missing.group(2)} launcher, which is not installed: "
+                f"pip install 'diffuse[{extra}]'")
 
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, name = error.missing_cfg_file.rpartition("/")
@@ -131,11 +168,15 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
     from omegaconf.errors import OmegaConfBaseException
 
-    from diffuse import DiffuseError
+    from diffuse import DiffuseError, distributed
 
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, to print them as one line
-    sys.argv = [f"diffuse {sub}", *argv[1:]]
+    try:
+        world, overrides = join_run(argv[1:])
+    except DiffuseError as e:
+        fail(sub, str(e))
+    sys.argv = [f"diffuse {sub}", *overrides]
     entry = hydra.main(version_base="1.3", config_path="pkg://diffuse.conf", config_name=sub)(task(sub, full_error))
     try:
         entry()
@@ -150,9 +191,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         if isinstance(e, OSError) and e.filename:  # e.g. a run directory that cannot be created
             fail(sub, f"cannot write {e.filename}: {e.strerror}; choose another hydra.run.dir")
-        if not isinstance(e, (HydraException, OmegaConfBaseException)):
-            raise
-        fail(sub, one_line(e))
+        if isinstance(e, (HydraException, OmegaConfBaseException)):
+            fail(sub, one_line(e))
+        fail(sub, f"{type(e).__name__}: {e} (HYDRA_FULL_ERROR=1 shows where)")  # anything else, one line too
     except KeyboardInterrupt:
         print(f"diffuse {sub}: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        distributed.stop(world)

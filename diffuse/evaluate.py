@@ -64,6 +64,10 @@ def evaluate(job, opts: EvalOptions) -> Path:
     images (drawn from job.loaded, or as read from files), then the scores; writes metrics.json (and the
     reference's statistics, reference_stats.npz)."""
     t_start = time.perf_counter()
+    if not job.world.main:  # under torchrun: share the drawing; rank 0 scores
+        if job.loaded is not None:
+            generate(job.loaded.model, job.sampler, opts, job.device, job.classes, world=job.world)
+        return job.out_dir
     extractor = make_extractor(job.features, job.reference, job.cache_dir, job.device, opts.classifier_steps,
                                opts.inception)
     ref, against, description = reference(job, opts, extractor)
@@ -71,9 +75,10 @@ def evaluate(job, opts: EvalOptions) -> Path:
                     "reference": against,
                     "features": {"name": extractor.name, "weights_sha256": extractor.weights_sha256, **extractor.info}}
     if job.loaded is not None:
-        batches = -(-opts.n // opts.batch_size)
+        batches = -(-len(job.world.shard(opts.n)) // opts.batch_size)
         with progress_bar("generating", batches * opts.steps, interactive()) as bar:
-            drawn = generate(job.loaded.model, job.sampler, opts, job.device, job.classes, on_step=bar.update)
+            drawn = generate(job.loaded.model, job.sampler, opts, job.device, job.classes, on_step=bar.update,
+                             world=job.world)
         images, labels = drawn.images, drawn.labels
         if labels is not None:
             record.update(labels=job.classes, guidance=opts.guidance)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from diffuse import DiffuseError
 from diffuse.denoiser import DiffusionModel, ModelDenoiser
+from diffuse.distributed import World
 from diffuse.images import to_uint8
 from diffuse.precision import check as check_precision, resolve as resolve_precision
 from diffuse.samplers import Sampler
@@ -98,16 +99,19 @@ Observer = Callable[[float, Tensor, Tensor, Tensor], None]  # (t, x_t, eps, x0) 
 
 def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, device: torch.device,
              classes: list[int] | None = None, *, on_step: Callable[[int], None] | None = None,
-             observe: Observer | None = None) -> Generated:
+             observe: Observer | None = None, world: World = World()) -> Generated | None:
     """Draw opts.n images of `model` with `sampler`; image i asks for classes[i % len(classes)] (conditional
-    models). `on_step(k)` reports the k-th sampler step overall; `observe` sees every denoiser call."""
+    models). `on_step(k)` reports the k-th sampler step overall; `observe` sees every denoiser call. Under
+    torchrun each rank draws its block of the indices and rank 0 gets them all (the other ranks get None): image
+    i is seeded from (seed, i), so the images are those of one process."""
     ts = sampler.check(model.schedule, opts.steps)
     precision = resolve_precision(opts.precision, device)
     labels = image_labels(classes, opts.n)
+    mine = world.shard(opts.n)
     out, evaluations, batches = [], 0, 0
     t0 = time.perf_counter()
-    for start in range(0, opts.n, opts.batch_size):
-        b = min(opts.batch_size, opts.n - start)
+    for start in range(mine.start, mine.stop, opts.batch_size):
+        b = min(opts.batch_size, mine.stop - start)
         gens = [torch.Generator(device).manual_seed(sample_seed(opts.seed, i)) for i in range(start, start + b)]
         x_T = randn_like(torch.empty((b, *model.shape), device=device), gens)  # (b,C,H,W)
         batch_labels = None if labels is None else torch.as_tensor(labels[start:start + b], dtype=torch.long)
@@ -130,5 +134,9 @@ def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, d
         x0 = sampler(counted, model.schedule, x_T, ts, generator=gens, on_step=step)
         out.append(to_uint8(x0))
         batches += 1
-    return Generated(images=np.concatenate(out), labels=labels, timesteps=ts, nfe_per_image=evaluations // batches,
+    shape = (0, model.shape[1], model.shape[2], model.shape[0])
+    images = world.gather(torch.from_numpy(np.concatenate(out) if out else np.zeros(shape, np.uint8)), opts.n)
+    if images is None:
+        return None
+    return Generated(images=images.numpy(), labels=labels, timesteps=ts, nfe_per_image=evaluations // max(batches, 1),
                      precision=precision, seconds=time.perf_counter() - t0)

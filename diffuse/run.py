@@ -4,6 +4,7 @@ work starts. Nodes become objects through diffuse.config; checkpoints through di
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -12,12 +13,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from diffuse import DiffuseError, conf, config as nodes
+from diffuse import DiffuseError, conf, config as nodes, distributed
 from diffuse import train_state
 from diffuse.checkpoint import LoadedModel, find_latest, load_checkpoint, load_model, metadata_config, objective_node
-from diffuse.checkpoint import resolve_checkpoint
+from diffuse.checkpoint import LAST, resolve_checkpoint
 from diffuse.config import DATASETS, MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, build
 from diffuse.data import ImageData
+from diffuse.distributed import World
 from diffuse.denoiser import DiffusionModel
 from diffuse.features.extractors import choose_features
 from diffuse.features.inception import FEATURES as INCEPTION_FEATURES
@@ -34,11 +36,13 @@ from diffuse.validate import seed as check_seed
 
 @dataclass(frozen=True)
 class Context:
-    """What Hydra decided for this run: its folder, the experiment preset chosen, the command-line overrides."""
+    """What Hydra and torchrun decided for this run: its folder, the experiment preset chosen, the command-line
+    overrides, and this process's rank among the run's processes."""
 
     out_dir: Path
     experiment: str | None = None
     overrides: tuple[str, ...] = ()
+    world: World = World()
 
 
 @dataclass(eq=False)
@@ -50,6 +54,7 @@ class Resume:
 
 @dataclass(eq=False)
 class TrainJob:
+    world: World  # this process's rank among the run's (one process: World())
     model: DiffusionModel  # a fresh network (weights from `resume` when set), its objective, schedule, image shape
     sampler: Sampler  # for the sample grids and the background evaluation
     data: ImageData
@@ -66,6 +71,7 @@ class TrainJob:
 
 @dataclass(eq=False)
 class SampleJob:
+    world: World
     loaded: LoadedModel
     sampler: Sampler
     classes: list[int] | None  # the classes asked for, in turn (conditional models)
@@ -78,6 +84,7 @@ class EvalJob:
     """What `diffuse eval` scores (a checkpoint's samples, or images read from files) and against what: a real
     data set, or statistics read from a file (reference=)."""
 
+    world: World
     features: str  # the feature extractor: classifier | inception
     device: torch.device
     out_dir: Path
@@ -116,13 +123,17 @@ def checked_sampler(node, schedule: Schedule, steps: int) -> Sampler:
     return sampler
 
 
-def resumed(config: dict, experiment: str | None) -> Resume | None:
+def resumed(config: dict, ctx: Context) -> Resume | None:
     """With `resume=`, the checkpoint's training state; its model, schedule, objective, data set, optimizer and
-    seed replace this command's (so that it continues exactly), while the `train.*` options stay this command's."""
-    if not config.get("resume"):
+    seed replace this command's (so that it continues exactly), while the `train.*` options stay this command's.
+    `resume=auto` continues this run's own folder when it holds a checkpoint (a rerun of the same command, a
+    requeued cluster job) and starts afresh when it does not."""
+    given = config.get("resume")
+    own = ctx.out_dir / "checkpoints" / LAST
+    if not given or (given == "auto" and not own.is_file()):
         return None
-    given = config["resume"]
-    source = find_latest(Path("outputs"), experiment) if given == "latest" else resolve_checkpoint(given)
+    source = (own if given == "auto" else find_latest(Path("outputs"), ctx.experiment) if given == "latest"
+              else resolve_checkpoint(given))
     tensors, metadata = load_checkpoint(source)
     state = Resume(tensors, train_state.decode(metadata, str(given)), str(source))
     trained = metadata_config(metadata)
@@ -149,9 +160,15 @@ def train_network(config: dict, data: ImageData) -> nn.Module:
 def build_train(cfg: DictConfig, ctx: Context, opts) -> TrainJob:
     """Objects for `diffuse train`, each checked as it is built, the cheap ones first."""
     config = {**nodes.plain(cfg), "experiment": ctx.experiment}
-    resume = resumed(config, ctx.experiment)
+    world = ctx.world
+    if opts.batch_size % world.size:
+        raise DiffuseError(f"train.batch_size={opts.batch_size} is the batch of all ranks together and must split "
+                           f"evenly over the {world.size} ranks: use a multiple of {world.size}")
+    if opts.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise DiffuseError("train.tensorboard=true needs the tensorboard package: pip install 'diffuse[tensorboard]'")
+    resume = resumed(config, ctx)
     torch.manual_seed(check_seed(config["seed"]))  # weight init and dropout
-    device = nodes.device(config["device"])
+    device = distributed.device(world, nodes.device(config["device"]))
     schedule = build(config["schedule"], SCHEDULES, Schedule)
     objective = build(config["objective"], OBJECTIVES, Objective)
     objective.check(schedule)
@@ -169,11 +186,12 @@ def build_train(cfg: DictConfig, ctx: Context, opts) -> TrainJob:
     network = train_network(config, data)
     keep = [o for o in ctx.overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
     split = "train" if config["dataset"].get("train", True) else "test"
-    return TrainJob(model=DiffusionModel(network, objective, schedule, data.shape), sampler=sampler, data=data,
+    return TrainJob(world=world, model=DiffusionModel(network, objective, schedule, data.shape), sampler=sampler, data=data,
                     optimizer=optimizer, device=device, out_dir=ctx.out_dir, seed=config["seed"], config=config,
                     reference=dataset_builder(config["dataset"], {split: data}),
                     cache_dir=Path(str(config["cache_dir"])).expanduser(), resume=resume,
-                    resume_command=" ".join(["diffuse train", f"resume={ctx.out_dir.resolve()}", *keep]))
+                    resume_command=" ".join(["torchrun <the same options> -m diffuse train" if world.active else
+                                             "diffuse train", f"resume={ctx.out_dir.resolve()}", *keep]))
 
 
 def loaded_checkpoint(config: dict, steps: int) -> tuple[LoadedModel, Sampler, list[int] | None]:
@@ -189,10 +207,10 @@ def build_sample(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
     config = nodes.plain(cfg)
     if config.get("ckpt") is None:
         raise DiffuseError("ckpt is required: ckpt=PATH to a .safetensors checkpoint or a training run directory")
-    device = nodes.device(config["device"])
+    device = distributed.device(ctx.world, nodes.device(config["device"]))
     loaded, sampler, classes = loaded_checkpoint(config, opts.steps)
     loaded.model.network.to(device)
-    return SampleJob(loaded, sampler, classes, device, ctx.out_dir)
+    return SampleJob(ctx.world, loaded, sampler, classes, device, ctx.out_dir)
 
 
 def reference_node(config: dict, loaded: LoadedModel | None, why: str) -> dict:
@@ -233,7 +251,7 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
     if has_ckpt == has_samples:
         raise DiffuseError("give exactly one of ckpt=PATH (generate from a checkpoint) or samples=PATH (score an "
                            ".npz or a folder of images)")
-    job = EvalJob(opts.features, nodes.device(config["device"]), ctx.out_dir,
+    job = EvalJob(ctx.world, opts.features, distributed.device(ctx.world, nodes.device(config["device"])), ctx.out_dir,
                   Path(str(config["cache_dir"])).expanduser(), None, None)
     if has_ckpt:
         job.loaded, job.sampler, job.classes = loaded_checkpoint(config, opts.steps)

@@ -82,11 +82,13 @@ def write_folder(images: np.ndarray, labels: np.ndarray | None, root: Path, num_
 def sample(job, opts: SampleOptions) -> Path:
     """Write grid.png, samples.npz (key `images`: (n,H,W,C) uint8; `labels` for a conditional model; with
     format=adm `arr_0` and `arr_1`, as openai/guided-diffusion's and DiT's samplers write them) and sampling.json
-    into job.out_dir."""
+    into job.out_dir. Under torchrun the ranks share the drawing and rank 0 writes."""
     model, out = job.loaded.model, job.out_dir
-    batches = -(-opts.n // opts.batch_size)
-    with progress_bar("sampling", batches * opts.steps, interactive()) as bar:
-        drawn = generate(model, job.sampler, opts, job.device, job.classes, on_step=bar.update)
+    batches = -(-len(job.world.shard(opts.n)) // opts.batch_size)
+    with progress_bar("sampling", batches * opts.steps, interactive(job.world.rank)) as bar:
+        drawn = generate(model, job.sampler, opts, job.device, job.classes, on_step=bar.update, world=job.world)
+    if drawn is None:  # a rank other than 0 under torchrun: rank 0 has the images and writes them
+        return out
     out.mkdir(parents=True, exist_ok=True)
     labels = drawn.labels
     keys = ("arr_0", "arr_1") if opts.format == "adm" else ("images", "labels")  # ADM's, or ours

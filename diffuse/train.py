@@ -1,13 +1,12 @@
-"""The training loop: batch -> loss -> optimizer -> EMA -> (every N) log row, sample grid, checkpoint."""
+"""The training loop: batch -> loss -> optimizer -> EMA -> (every N) log row, sample grid, checkpoint; on one
+process, or as one of the ranks torchrun starts (DistributedDataParallel)."""
 
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import math
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,20 +15,23 @@ import torch
 
 from diffuse import DiffuseError, precision
 from diffuse.background_eval import BackgroundEval
-from diffuse.checkpoint import LAST, checkpoint_metadata, load_weights, prune_checkpoints, save_checkpoint, state_tensors
+from diffuse.checkpoint import LAST, load_weights
 from diffuse.data import BatchIterator
 from diffuse.denoiser import DiffusionModel
+from diffuse.distributed import World, lost_peer
 from diffuse.ema import ema_decay, ema_update
 from diffuse.generate import GenerationOptions, generate
 from diffuse.images import save_png
 from diffuse.loss import diffusion_loss
 from diffuse.sample import picture
-from diffuse.train_state import STATE_KEY, encode, optimizer_tensors, restore_optimizer, restore_rng, rng_tensors
+from diffuse.stop import StopRequest, TrainingInterrupted
+from diffuse.train_records import Checkpointer, MetricsLog
+from diffuse.train_state import restore_optimizer, restore_rng
 from diffuse.ui import interactive, progress_bar
 
 log = logging.getLogger(__name__)
 
-EVAL_COLUMNS = ("fid", "kid", "precision", "recall", "classifier_score")  # train.eval_every rows
+AGREE_EVERY = 10  # under DDP, the ranks agree on stopping (signal, time budget) every this many steps
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class TrainOptions:
     eval_n: int
     eval_steps: int
     eval_batch_size: int
+    tensorboard: bool
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "sample_n", "sample_steps", "eval_batch_size"):
@@ -91,157 +94,103 @@ class TrainOptions:
                                  guidance_rescale=0.0)
 
 
-class TrainingInterrupted(DiffuseError):
-    """SIGINT or SIGTERM: the step finished and a checkpoint was written."""
-
-
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag checked between steps; a second signal interrupts at once."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._saved: dict[int, object] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
-        log.warning("%s received: finishing this step, then saving a checkpoint (again to stop at once)",
-                    signal.Signals(signum).name)
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-
-
 def lr_at(step: int, opts: TrainOptions) -> float:
     """Linear warm-up to opts.lr, then constant (DDPM, Appendix B)."""
     return opts.lr * min(1.0, step / opts.warmup) if opts.warmup else opts.lr
 
 
-class Checkpointer:
-    """Writes last.safetensors (and step_N every ckpt_every steps): EMA and raw weights, optimizer, RNG states
-    and the data position, so that a resume continues exactly; never over a good checkpoint with non-finite
-    weights."""
-
-    def __init__(self, folder: Path, opts: TrainOptions, config: dict):
-        self.folder, self.opts, self.config = folder, opts, config
-
-    def save(self, step: int, model, ema, optimizer, generator, batches: BatchIterator, skipped: int) -> Path:
-        optim, groups = optimizer_tensors(optimizer)
-        tensors = {**state_tensors(ema, "ema."), **state_tensors(model, "model."), **optim, **rng_tensors(generator)}
-        if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
-            raise DiffuseError(f"non-finite weights at step {step}: not overwriting the last good checkpoint in "
-                               f"{self.folder}; lower train.lr (now {self.opts.lr}) or use train.precision=fp32")
-        meta = checkpoint_metadata(step, self.config)
-        meta[STATE_KEY] = encode(step, batches.epoch, batches.position, groups, skipped)
-        paths = [self.folder / LAST]
-        if self.opts.ckpt_every and step % self.opts.ckpt_every == 0:
-            paths.insert(0, self.folder / f"step_{step:07d}.safetensors")
-        save_checkpoint(paths, tensors, meta)
-        prune_checkpoints(self.folder, self.opts.keep_last, self.opts.milestone_every)
-        return paths[-1]
+def rank_seed(seed: int, rank: int) -> int:
+    """Rank r's own global RNG seed (dropout): rank 0 keeps the seed itself, as a single process does."""
+    return seed if rank == 0 else (seed * 1_000_003 + rank * 7919) % 2**63
 
 
-class MetricsLog:
-    """metrics.csv: a row every log_every steps (loss, learning rate, speed) and one per background evaluation."""
-
-    def __init__(self, path: Path, append: bool):
-        self.file = open(path, "a" if append else "w", newline="")  # a resume into its own dir appends
-        self.writer = csv.writer(self.file)
-        if self.file.tell() == 0:
-            self.writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s", *EVAL_COLUMNS])
-        self.t_start = time.perf_counter()
-
-    def training(self, step: int, loss: float, lr: float, images_per_s: float, now: float) -> None:
-        self.writer.writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{images_per_s:.1f}", f"{now - self.t_start:.2f}",
-                              *[""] * len(EVAL_COLUMNS)])
-        self.file.flush()
-
-    def evaluations(self, results: list[tuple[int, dict]], n: int) -> None:
-        for at, m in results:  # a row of its own: the step whose EMA weights were scored
-            self.writer.writerow([at, "", "", "", f"{time.perf_counter() - self.t_start:.2f}",
-                                  *(f"{m[k]:.6g}" for k in EVAL_COLUMNS)])
-            self.file.flush()
-            log.info("eval at step %d (%d images, %.0f s): FID %.3f  precision %.3f  recall %.3f  classifier score %.3f",
-                     at, n, m["eval_seconds"], m["fid"], m["precision"], m["recall"], m["classifier_score"])
-
-    def close(self) -> None:
-        self.file.close()
+def resume(job, opts: TrainOptions, world: World, model, ema, optimizer, generator,
+           batches: BatchIterator) -> tuple[int, int]:
+    """Continue exactly where a checkpoint left off: weights, EMA, optimizer, RNG streams, data position. Returns
+    (step, non-finite updates skipped so far)."""
+    tensors, state, source = job.resume.tensors, job.resume.state, job.resume.source
+    load_weights(model, tensors, "model.", source)
+    load_weights(ema, tensors, "ema.", source)
+    restore_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")},
+                      state["param_groups"])  # load_state_dict moves moments to the parameters' device
+    written_by = state.get("world_size", 1)
+    if not restore_rng(generator, tensors, world) or written_by != world.size:
+        log.warning("resume=%s was written by %d rank(s) and this run has %d: data order, timesteps and noise continue "
+                    "exactly (they do not depend on the number of ranks), but dropout streams and the order of float "
+                    "sums do, so the weights will not be bitwise those of an unbroken run", source, written_by,
+                    world.size)
+    batches.seek(state["epoch"], state["position"])
+    start = state["step"]
+    if start >= opts.steps:
+        raise DiffuseError(f"resume={source}: the checkpoint is at step {start} and train.steps={opts.steps}; "
+                           f"raise train.steps to train further")
+    log.info("resumed from %s at step %d", source, start)
+    return start, state.get("nonfinite_skipped", 0)
 
 
 def train(job, opts: TrainOptions) -> Path:
-    """Train job.model's network on job.data (resuming from job.resume when set); returns the last checkpoint."""
-    out, device = job.out_dir, job.device
+    """Train job.model's network on job.data (resuming from job.resume when set); returns the last checkpoint.
+    Under torchrun (job.world.size W > 1) every rank runs this: each step, every rank draws the whole batch's
+    timesteps and noise from the one seeded stream and trains on its 1/W share (DDP averages the gradients), so
+    the run is the same, up to float summation order, for any number of ranks."""
+    out, device, world = job.out_dir, job.device, job.world
     objective, schedule = job.model.objective, job.model.schedule
 
     # --- the network, its EMA copy, the optimizer, and the random streams of timesteps, noise and data order
     model = job.model.network.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)  # the weights we sample from
     optimizer = job.optimizer(model.parameters(), lr=lr_at(1, opts))
-    generator = torch.Generator(device).manual_seed(job.seed)  # timesteps, noise, label dropout
-    batches = BatchIterator(job.data, opts.batch_size, device, job.seed)
-    start, skipped = 0, 0
-
-    # --- continue exactly where a checkpoint left off
-    if job.resume is not None:
-        tensors, state, source = job.resume.tensors, job.resume.state, job.resume.source
-        load_weights(model, tensors, "model.", source)
-        load_weights(ema, tensors, "ema.", source)
-        restore_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")},
-                          state["param_groups"])  # load_state_dict moves moments to the parameters' device
-        restore_rng(generator, tensors)
-        batches.seek(state["epoch"], state["position"])
-        start, skipped = state["step"], state.get("nonfinite_skipped", 0)
-        if start >= opts.steps:
-            raise DiffuseError(f"resume={source}: the checkpoint is at step {start} and train.steps={opts.steps}; "
-                               f"raise train.steps to train further")
-        log.info("resumed from %s at step %d", source, start)
+    generator = torch.Generator(device).manual_seed(job.seed)  # timesteps, noise, label dropout: the same on all ranks
+    batches = BatchIterator(job.data, opts.batch_size, device, job.seed)  # the whole batch, on every rank
+    if world.rank:
+        torch.manual_seed(rank_seed(job.seed, world.rank))  # its own dropout; the weights come from rank 0 (DDP)
+    start, skipped = resume(job, opts, world, model, ema, optimizer, generator, batches) if job.resume else (0, 0)
 
     # --- how each step runs
-    forward = torch.compile(model) if opts.compile else model
+    share = opts.batch_size // world.size
+    part = slice(world.rank * share, (world.rank + 1) * share)  # this rank's examples of each batch
+    forward = model
+    if world.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(forward) if opts.compile else forward  # the DDP module, not the other way round
     conditional = model.conditional
     numeric = precision.resolve(opts.precision, device)
     autocast = precision.autocast(numeric, device)
     classes = list(range(model.num_classes)) if conditional else None  # grids: a row per class
     grids = opts.generation(opts.sample_n, opts.sample_steps, opts.sample_n, job.seed, numeric)
-    log.info("training %s (%.2fM parameters) on %s, %s, steps %d..%d of %d images -> %s", type(model).__name__,
+    log.info("training %s (%.2fM parameters) on %s, %s, steps %d..%d of %d images%s -> %s", type(model).__name__,
              sum(p.numel() for p in model.parameters()) / 1e6, device, numeric, start + 1, opts.steps,
-             opts.batch_size, out)
+             opts.batch_size, f" ({world.size} ranks of {share})" if world.active else "", out)
 
-    # --- what is written along the way
-    checkpoints = Checkpointer(out / "checkpoints", opts, job.config)
-    metrics = MetricsLog(out / "metrics.csv", append=bool(start))
+    # --- what is written along the way (rank 0)
+    checkpoints = Checkpointer(out / "checkpoints", opts, job.config, world)
+    metrics = MetricsLog(out, append=bool(start), tensorboard=opts.tensorboard) if world.main else None
     evaluator = BackgroundEval(job, opts.generation(opts.eval_n, opts.eval_steps, opts.eval_batch_size, job.seed,
-                                                    numeric)) if opts.eval_every else None
+                                                    numeric)) if opts.eval_every and world.main else None
 
     # --- the loop
     loss_sum, loss_count = torch.zeros((), device=device), 0
-    t_last = metrics.t_start
-    deadline = metrics.t_start + 60 * opts.max_minutes if opts.max_minutes else math.inf
+    t_start = t_last = time.perf_counter()
+    deadline = t_start + 60 * opts.max_minutes if opts.max_minutes else math.inf
     try:
-        with progress_bar("training", opts.steps, interactive()) as bar, StopRequest() as stop:
+        with progress_bar("training", opts.steps, interactive(world.rank)) as bar, StopRequest() as stop:
             for step in range(start + 1, opts.steps + 1):
                 # one optimizer step
                 lr = lr_at(step, opts)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x0, labels = next(batches)  # (B,C,H,W) in [-1, 1], (B,)
+                x0, labels = next(batches)  # (B,C,H,W) in [-1, 1], (B,): the whole batch
                 with autocast:
-                    loss = diffusion_loss(forward, objective, schedule, x0, generator,
-                                          labels if conditional else None, opts.cond_drop_prob)
-                if opts.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # one host sync a step, in this mode only
+                    loss = diffusion_loss(forward, objective, schedule, x0, generator, labels if conditional else None,
+                                          opts.cond_drop_prob, model.num_classes, part)
+                if opts.nonfinite == "skip" and world.any(not bool(torch.isfinite(loss)))[0]:  # a host sync a step
                     skipped += 1
                     log.warning("step %d: non-finite loss %s, update skipped (%d so far)", step, loss.item(), skipped)
                 else:
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss.backward()  # under DDP, the gradients are averaged over the ranks here
                     if opts.grad_clip:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
                     optimizer.step()
@@ -249,31 +198,35 @@ def train(job, opts: TrainOptions) -> Path:
                     loss_sum += loss.detach()  # no host sync until a log step
                     loss_count += 1
 
-                # is this the last step, and does it log or save?
-                last = step == opts.steps or time.perf_counter() >= deadline
+                # is this the last step, and does it log or save? (all ranks decide alike)
+                agree = not world.active or step % AGREE_EVERY == 0 or step == opts.steps
+                out_of_time, stopping = world.any(time.perf_counter() >= deadline, stop.signal is not None) if agree \
+                    else (False, False)
+                last = step == opts.steps or out_of_time
                 if last and step < opts.steps:
                     log.info("train.max_minutes=%g reached after step %d: finishing as the last step", opts.max_minutes, step)
-                checkpoint = last or stop.signal is not None or (opts.ckpt_every and step % opts.ckpt_every == 0)
+                checkpoint = last or stopping or (opts.ckpt_every and step % opts.ckpt_every == 0)
 
                 # the loss, every log_every steps (and before every checkpoint: a blown-up loss saves nothing)
                 if step % opts.log_every == 0 or last or checkpoint:
                     now = time.perf_counter()
-                    mean_loss = (loss_sum / max(loss_count, 1)).item()
+                    mean_loss = world.mean(loss_sum / max(loss_count, 1)).item()  # over the ranks' shares
                     if not math.isfinite(mean_loss):
                         kept = (f"the last good checkpoint is {checkpoints.folder / LAST}" if (checkpoints.folder / LAST).exists()
                                 else "no checkpoint had been written yet")
                         raise DiffuseError(f"the loss became {mean_loss} by step {step}; {kept}. Lower train.lr (now "
                                            f"{opts.lr}), use train.precision=fp32, or train.nonfinite=skip")
-                    if step % opts.log_every == 0 or last:
+                    if (step % opts.log_every == 0 or last) and world.main:
                         metrics.training(step, mean_loss, lr, loss_count * opts.batch_size / (now - t_last), now)
                         log.info("step %d/%d  loss %.4f  lr %.2e  %.1f images/s", step, opts.steps, mean_loss, lr,
                                  loss_count * opts.batch_size / (now - t_last))
                         bar.update(step, loss=f"{mean_loss:.4f}", speed=f"{loss_count / (now - t_last):.2f} it/s")
+                    if step % opts.log_every == 0 or last:
                         loss_sum.zero_()
                         loss_count, t_last = 0, now
                 bar.update(step)
 
-                # background evaluation of the EMA weights
+                # background evaluation of the EMA weights (rank 0)
                 if evaluator is not None:
                     if last:  # the final weights are always scored: let a running evaluation finish first
                         metrics.evaluations(evaluator.collect(wait=True), opts.eval_n)
@@ -281,26 +234,43 @@ def train(job, opts: TrainOptions) -> Path:
                         evaluator.submit(step, ema)
                     metrics.evaluations(evaluator.collect(wait=last), opts.eval_n)
 
-                # a grid of EMA samples from fixed noise
-                if last or (opts.sample_every and step % opts.sample_every == 0):
+                # a grid of EMA samples from fixed noise (rank 0; the others wait at the next step's gradients)
+                if world.main and (last or (opts.sample_every and step % opts.sample_every == 0)):
                     drawn = generate(DiffusionModel(ema, objective, schedule, job.model.shape), job.sampler, grids,
                                      device, classes)
-                    save_png(picture(drawn.images, drawn.labels, classes), out / "samples" / f"step_{step:07d}.png")
+                    image = picture(drawn.images, drawn.labels, classes)
+                    save_png(image, out / "samples" / f"step_{step:07d}.png")
+                    metrics.grid(step, image)
                     t_last = time.perf_counter()  # sampling time is not training time
 
-                # the checkpoint, and a stop asked for by a signal (which may also arrive while the grid is drawn)
-                if checkpoint or stop.signal is not None:
+                # the checkpoint, and a stop asked for by a signal (on one process it may also arrive during the grid)
+                stopping = stopping or (not world.active and stop.signal is not None)
+                if checkpoint or stopping:
                     path = checkpoints.save(step, model, ema, optimizer, generator, batches, skipped)
                     t_last = time.perf_counter()
-                if stop.signal is not None and not last:
+                if stopping and not last:
+                    if stop.then_requeue is not None:  # e.g. submitit's requeue, now that the checkpoint is on disk
+                        stop.then_requeue(stop.signal, None)
                     raise TrainingInterrupted(
-                        f"stopped by {signal.Signals(stop.signal).name} after step {step}; checkpoint {path}. "
-                        f"Resume with: {job.resume_command}")
+                        f"stopped by {signal.Signals(stop.signal or signal.SIGTERM).name} after step {step}; checkpoint "
+                        f"{path}. Resume with: {job.resume_command}")
                 if last:
                     break
+    except RuntimeError as e:
+        if world.active and lost_peer(e):  # another rank stopped: say so in one line, and what to do
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise DiffuseError(f"rank {world.rank} lost the other ranks ({first[:200]}); the last checkpoint is "
+                               f"{checkpoints.folder / LAST}: rerun the same command with resume=auto or "
+                               f"resume={out}") from None
+        raise
     finally:
-        metrics.close()
-    log.info("done: steps %d..%d in %.1f s; checkpoint %s", start + 1, step, time.perf_counter() - metrics.t_start,
+        if metrics is not None:
+            metrics.close()
+    if world.active:
+        spread = world.spread(ema)
+        (log.info if spread == 0 else log.warning)("the %d ranks' EMA weights agree (largest difference %g)",
+                                                    world.size, spread)
+    log.info("done: steps %d..%d in %.1f s; checkpoint %s", start + 1, step, time.perf_counter() - t_start,
              checkpoints.folder / LAST)
     if skipped:
         log.warning("%d updates were skipped for non-finite losses", skipped)

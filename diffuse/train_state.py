@@ -1,4 +1,5 @@
-"""Training state for exact resume, as safetensors tensors plus JSON: optimizer, RNG states, data order."""
+"""Training state for exact resume, as safetensors tensors plus JSON: optimizer, RNG states (every rank's),
+data order, and the world size that wrote it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import Tensor
 
 from diffuse import DiffuseError
+from diffuse.distributed import World
 
 STATE_KEY = "train_state"  # the metadata entry that holds the JSON part
 
@@ -39,28 +41,51 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tenso
         raise DiffuseError(f"the checkpoint's optimizer state does not fit this optimizer ({e})") from None
 
 
-def rng_tensors(generator: torch.Generator) -> dict[str, Tensor]:
-    """The training generator (timesteps, noise) and the global RNG (dropout), as uint8 tensors."""
-    tensors = {"rng.train": generator.get_state(), "rng.torch": torch.get_rng_state()}
+def rank_key(name: str, rank: int) -> str:
+    """Where rank r's own RNG state lives in a checkpoint: rank 0's where a single process keeps it."""
+    return f"rng.{name}" if rank == 0 else f"rng.{name}.rank{rank}"
+
+
+def own_rng_states() -> dict[str, Tensor]:
+    """This process's global RNG (dropout) and, when in use, its CUDA generator, as uint8 tensors."""
+    states = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    return tensors
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
 
 
-def restore_rng(generator: torch.Generator, tensors: dict[str, Tensor]) -> None:
+def rng_tensors(generator: torch.Generator, world: World = World()) -> dict[str, Tensor]:
+    """The training generator (timesteps, noise; the same on every rank) and every rank's own RNG states (rank 0
+    collects them; the other ranks get an empty dict)."""
+    tensors = {"rng.train": generator.get_state()}
+    for name, state in own_rng_states().items():
+        gathered = world.gather(state.unsqueeze(0), world.size)  # (world size, L) on rank 0
+        if world.main:
+            tensors.update({rank_key(name, r): gathered[r] for r in range(world.size)})
+    return tensors if world.main else {}
+
+
+def restore_rng(generator: torch.Generator, tensors: dict[str, Tensor], world: World = World()) -> bool:
+    """Restore the training generator and this rank's own RNG states; False when the checkpoint holds none for
+    this rank (it was written by fewer ranks): then they keep their fresh seeds."""
     try:
         generator.set_state(tensors["rng.train"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        own = rank_key("torch", world.rank)
+        if own not in tensors:
+            return False
+        torch.set_rng_state(tensors[own])
+        cuda = rank_key("cuda", world.rank)
+        if cuda in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors[cuda])
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise DiffuseError(f"the checkpoint's RNG state is missing, damaged, or from a run on another kind of device "
                            f"than {generator.device} ({e})") from None
+    return True
 
 
-def encode(step: int, epoch: int, position: int, groups: list[dict], skipped: int) -> str:
+def encode(step: int, epoch: int, position: int, groups: list[dict], skipped: int, world_size: int = 1) -> str:
     return json.dumps({"step": step, "epoch": epoch, "position": position, "param_groups": groups,
-                       "nonfinite_skipped": skipped})
+                       "nonfinite_skipped": skipped, "world_size": world_size})
 
 
 def decode(metadata: dict[str, str], source: str) -> dict:

@@ -140,7 +140,7 @@ def test_ddpm_objective_trains_and_denoises_bitwise_as_before(prediction, condit
         if compute == "before":
             loss = loss_before(net, schedule, x0, prediction, g, labels, 10, 0.3 if conditional else 0.0)
         else:
-            loss = diffusion_loss(net, obj, schedule, x0, g, labels, 0.3 if conditional else 0.0)
+            loss = diffusion_loss(net, obj, schedule, x0, g, labels, 0.3 if conditional else 0.0, 10)
         loss.backward()
         grads.append([loss.detach()] + [p.grad.clone() for p in net.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
