@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 from safetensors import safe_open
 
-from conftest import TINY_TRAIN, group_options, run_cli
+from conftest import TINY_TRAIN, cli_in_process, group_options, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,10 @@ def test_checkpoint_is_plain_safetensors_with_its_config(trained):
 
 
 def test_sample_is_reproducible_and_batch_size_invariant(trained, tmp_path):
-    run_cli("sample", f"ckpt={trained}", "steps=4", "n=6", "batch_size=4", "hydra.run.dir=a", cwd=tmp_path)
-    run_cli("sample", f"ckpt={trained / 'checkpoints' / 'last.safetensors'}", "steps=4", "n=6", "batch_size=6",
-            "hydra.run.dir=b", cwd=tmp_path)
-    run_cli("sample", f"ckpt={trained}", "steps=4", "n=6", "seed=1", "png=true", "hydra.run.dir=c", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={trained}", "steps=4", "n=6", "batch_size=4", "hydra.run.dir=a", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={trained / 'checkpoints' / 'last.safetensors'}", "steps=4", "n=6", "batch_size=6",
+                   "hydra.run.dir=b", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={trained}", "steps=4", "n=6", "seed=1", "png=true", "hydra.run.dir=c", cwd=tmp_path)
     a, b, c = (np.load(tmp_path / d / "samples.npz")["images"] for d in "abc")
     assert a.shape == (6, 28, 28, 1) and a.dtype == np.uint8
     assert np.array_equal(a, b)
@@ -63,9 +63,9 @@ def test_sample_is_reproducible_and_batch_size_invariant(trained, tmp_path):
 
 
 def test_sample_clamps_x0_by_default_and_can_hand_over_the_raw_prediction(trained, tmp_path):
-    run_cli("sample", f"ckpt={trained}", "steps=4", "n=4", "hydra.run.dir=default", cwd=tmp_path)
-    run_cli("sample", f"ckpt={trained}", "steps=4", "n=4", "clip_x0=true", "hydra.run.dir=on", cwd=tmp_path)
-    run_cli("sample", f"ckpt={trained}", "steps=4", "n=4", "clip_x0=false", "hydra.run.dir=off", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={trained}", "steps=4", "n=4", "hydra.run.dir=default", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={trained}", "steps=4", "n=4", "clip_x0=true", "hydra.run.dir=on", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={trained}", "steps=4", "n=4", "clip_x0=false", "hydra.run.dir=off", cwd=tmp_path)
     default, on, off = (np.load(tmp_path / d / "samples.npz")["images"] for d in ("default", "on", "off"))
     assert np.array_equal(default, on)
     assert not np.array_equal(on, off)  # a 6-step model's x0 predictions leave [-1, 1] at high noise
@@ -73,7 +73,7 @@ def test_sample_clamps_x0_by_default_and_can_hand_over_the_raw_prediction(traine
 
 
 def test_ddpm_sampler_from_the_cli(trained, tmp_path):
-    run_cli("sample", f"ckpt={trained}", "sampler=ddpm", "steps=5", "n=2", "hydra.run.dir=d", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={trained}", "sampler=ddpm", "steps=5", "n=2", "hydra.run.dir=d", cwd=tmp_path)
     record = json.loads((tmp_path / "d" / "sampling.json").read_text())
     assert record["sampler"] == "ddpm" and record["settings"]["variance"] == "posterior"
 
@@ -82,7 +82,7 @@ def test_ddpm_sampler_from_the_cli(trained, tmp_path):
 def test_every_sampler_from_the_cli_records_what_it_ran(trained, tmp_path, name):
     from conftest import sampler_from_yaml
 
-    run_cli("sample", f"ckpt={trained}", f"sampler={name}", "steps=3", "n=2", "hydra.run.dir=s", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={trained}", f"sampler={name}", "steps=3", "n=2", "hydra.run.dir=s", cwd=tmp_path)
     record = json.loads((tmp_path / "s" / "sampling.json").read_text())
     assert record["sampler"] == name and record["steps"] == 3 and len(record["timesteps"]) == 4
     assert record["nfe_per_image"] == sampler_from_yaml(name).facts.evaluations(3)
@@ -93,7 +93,7 @@ def test_every_sampler_from_the_cli_records_what_it_ran(trained, tmp_path, name)
 def test_every_objective_trains_and_samples_from_the_cli(tmp_path, data_root, name):
     run_cli("train", *TINY_TRAIN, f"objective={name}", "train.steps=2", "train.sample_every=0", "hydra.run.dir=t",
             cwd=tmp_path)
-    run_cli("sample", "ckpt=t", "steps=2", "n=2", "sampler=dpmpp_2m", "hydra.run.dir=s", cwd=tmp_path)
+    cli_in_process("sample", "ckpt=t", "steps=2", "n=2", "sampler=dpmpp_2m", "hydra.run.dir=s", cwd=tmp_path)
     images = np.load(tmp_path / "s" / "samples.npz")["images"]
     assert images.shape == (2, 28, 28, 1) and images.std() > 0
 
@@ -120,7 +120,7 @@ def test_help_lists_every_group_and_its_options(tmp_path):
 
 
 def _bad(tmp_path, *args, env=None):
-    proc = run_cli(*args, cwd=tmp_path, env=env, check=False)
+    proc = cli_in_process(*args, cwd=tmp_path, env=env, check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, group_options, run_cli, sampler_from_yaml, walk
+from conftest import TINY_TRAIN, cli_in_process, group_options, run_cli, sampler_from_yaml, walk
 from diffuse import DiffuseError
 from diffuse.denoiser import DiffusionModel, ModelDenoiser, guide
 from diffuse.models.unet import UNet
@@ -146,7 +146,7 @@ def test_sample_writes_a_labelled_folder_that_reads_back(cond_run, tmp_path):
     (("labels=cats",), "labels must be a list"),
 ])
 def test_bad_labels_give_one_clear_line(cond_run, tmp_path, args, expected):
-    proc = run_cli("sample", f"ckpt={cond_run}", "n=2", "steps=2", *args, cwd=tmp_path, check=False)
+    proc = cli_in_process("sample", f"ckpt={cond_run}", "n=2", "steps=2", *args, cwd=tmp_path, check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
 

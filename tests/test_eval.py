@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import TINY_TRAIN, run_cli
+from conftest import TINY_TRAIN, cli_in_process, run_cli
 from diffuse import DiffuseError
 from diffuse.features.inception import FIDInception
 from diffuse.features.inception_weights import InceptionOptions, inception_extractor
@@ -66,10 +66,10 @@ def test_eval_of_saved_samples_gives_the_same_numbers(trained, eval_cache, tmp_p
     run_cli("sample", f"ckpt={trained}", "n=30", "steps=3", "seed=2", "png=true", "hydra.run.dir=s", cwd=tmp_path)
     common = ("kid_subset_size=20", "seed=2", "floor=false")
     run_cli("eval", f"ckpt={trained}", "n=30", "steps=3", *common, "hydra.run.dir=a", cwd=tmp_path, env=cached(eval_cache))
-    run_cli("eval", f"samples={tmp_path / 's' / 'samples.npz'}", "dataset=mnist", *common, "hydra.run.dir=b",
-            cwd=tmp_path, env=cached(eval_cache))
-    run_cli("eval", f"samples={tmp_path / 's' / 'images'}", "dataset=mnist", *common, "hydra.run.dir=c",
-            cwd=tmp_path, env=cached(eval_cache))
+    cli_in_process("eval", f"samples={tmp_path / 's' / 'samples.npz'}", "dataset=mnist", *common, "hydra.run.dir=b",
+                   cwd=tmp_path, env=cached(eval_cache))
+    cli_in_process("eval", f"samples={tmp_path / 's' / 'images'}", "dataset=mnist", *common, "hydra.run.dir=c",
+                   cwd=tmp_path, env=cached(eval_cache))
     a, b, c = (json.loads((tmp_path / d / "metrics.json").read_text())["metrics"] for d in "abc")
     assert a == b == c
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["n"] == 30
@@ -153,7 +153,7 @@ BAD = [
 @pytest.mark.parametrize("args,expected", BAD, ids=["n", "offline", "no-url", "download-fails", "dataset"])
 def test_bad_eval_input_gives_one_clear_line(trained, eval_cache, tmp_path, args, expected):
     env = {**cached(eval_cache), "TORCH_HOME": str(tmp_path / "torch")}
-    proc = run_cli("eval", f"ckpt={trained}", "n=4", *args, cwd=tmp_path, env=env, check=False)
+    proc = cli_in_process("eval", f"ckpt={trained}", "n=4", *args, cwd=tmp_path, env=env, check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert re.search(expected, lines[0]), lines[0]
@@ -168,12 +168,12 @@ def test_bad_samples_give_one_clear_line(eval_cache, tmp_path):
              ("samples=" + str(tmp_path / "one.npz"), "at least 2"),
              ("samples=" + str(tmp_path / "missing"), "neither")]
     for arg, expected in cases:
-        proc = run_cli("eval", arg, "dataset=mnist", cwd=tmp_path, env=cached(eval_cache), check=False)
+        proc = cli_in_process("eval", arg, "dataset=mnist", cwd=tmp_path, env=cached(eval_cache), check=False)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], (arg, proc.stderr)
-    proc = run_cli("eval", "samples=" + str(tmp_path / "rgb.npz"), cwd=tmp_path, check=False)
+    proc = cli_in_process("eval", "samples=" + str(tmp_path / "rgb.npz"), cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "dataset=NAME" in proc.stderr
-    proc = run_cli("eval", cwd=tmp_path, check=False)
+    proc = cli_in_process("eval", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "exactly one of ckpt" in proc.stderr
 
 

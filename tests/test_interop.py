@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_TRAIN, run_cli
+from conftest import TINY_TRAIN, cli_in_process, run_cli
 from diffuse import DiffuseError
 from diffuse.image_files import read_images
 
@@ -27,7 +27,7 @@ def real(data_root):
 
 
 def metrics_of(tmp_path, name: str, *args: str, cache) -> dict:
-    run_cli("eval", *args, *COMMON, f"hydra.run.dir={name}", cwd=tmp_path, env=cached(cache))
+    cli_in_process("eval", *args, *COMMON, f"hydra.run.dir={name}", cwd=tmp_path, env=cached(cache))
     return json.loads((tmp_path / name / "metrics.json").read_text())
 
 
@@ -92,7 +92,7 @@ def test_reference_statistics_go_to_a_file_and_score_the_same(real, eval_cache, 
 
 
 def bad(tmp_path, *args, cache=None) -> str:
-    proc = run_cli(*args, cwd=tmp_path, env=cached(cache) if cache else None, check=False)
+    proc = cli_in_process(*args, cwd=tmp_path, env=cached(cache) if cache else None, check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     return lines[0]
