@@ -64,18 +64,21 @@ def test_resume_latest_finds_the_newest_run_of_the_same_experiment(tmp_path, dat
     run_cli("train", *TINY_TRAIN, "train.steps=3", cwd=tmp_path)
     proc = run_cli("train", *TINY_TRAIN, "train.steps=5", "resume=latest", cwd=tmp_path)
     assert "resumed from" in proc.stdout + proc.stderr
-    line = cli_in_process("train", *TINY_TRAIN, "experiment=mnist_cpu", "resume=latest", cwd=tmp_path, check=False).stderr
+    line = cli_in_process("train", *TINY_TRAIN, "experiment=mnist_cpu", "resume=latest", cwd=tmp_path,
+                          check=False).stderr
     assert "no training run of experiment 'mnist_cpu'" in line
 
 
 def test_resume_refuses_a_finished_run_and_a_sampling_only_file(tmp_path, data_root):
     run_cli("train", *TINY_TRAIN, "train.steps=3", "hydra.run.dir=done", cwd=tmp_path)
-    proc = cli_in_process("train", *TINY_TRAIN, "train.steps=3", f"resume={tmp_path / 'done'}", cwd=tmp_path, check=False)
+    proc = cli_in_process("train", *TINY_TRAIN, "train.steps=3", f"resume={tmp_path / 'done'}", cwd=tmp_path,
+                          check=False)
     assert proc.returncode == 2 and "raise train.steps" in proc.stderr
     tensors, meta = load_checkpoint(tmp_path / "done")
     del meta["train_state"]
     save_file({k: v for k, v in tensors.items() if k.startswith("ema.")}, tmp_path / "slim.safetensors", meta)
-    proc = cli_in_process("train", *TINY_TRAIN, f"resume={tmp_path / 'slim.safetensors'}", cwd=tmp_path, check=False)
+    proc = cli_in_process("train", *TINY_TRAIN, f"resume={tmp_path / 'slim.safetensors'}", cwd=tmp_path,
+                          check=False)
     assert proc.returncode == 2 and "holds no training state" in proc.stderr
 
 
@@ -134,7 +137,7 @@ def test_kills_at_random_moments_never_leave_a_bad_checkpoint(tmp_path, data_roo
     rng = random.Random(0)
     base = [a for a in TINY_TRAIN if not a.startswith(("model=", "train.batch_size="))]
     previous, kills, mid_save = None, 0, 0
-    while kills < 10 or (mid_save < 3 and kills < 40):
+    while kills < 10 or (mid_save < 3 and kills < 60):
         args = [*base, "model=unet_mnist", "train.batch_size=2", "train.steps=100000", "train.ckpt_every=1",
                 "train.keep_last=2", "train.log_every=1000", f"hydra.run.dir=k{kills}"]
         proc = start_training(tmp_path, *args, *([f"resume={previous}"] if previous else []))
