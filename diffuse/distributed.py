@@ -92,9 +92,8 @@ class World:
 
 def lost_peer(error: BaseException) -> bool:
     """Whether `error` is a collective that failed because another rank stopped (or timed out)."""
-    kinds = tuple(k for k in (getattr(torch.distributed, "DistError", None),) if k is not None)
     words = ("Connection closed", "Connection reset", "Broken pipe", "timed out", "Timed out", "gloo", "NCCL")
-    return isinstance(error, kinds) or (isinstance(error, RuntimeError) and any(w in str(error) for w in words))
+    return isinstance(error, getattr(torch.distributed, "DistError", ())) or (isinstance(error, RuntimeError) and any(w in str(error) for w in words))
 
 
 def from_environment() -> World:

@@ -71,6 +71,11 @@ def cli_in_process(*args: str, cwd: Path, env: dict | None = None, check: bool =
     return subprocess.CompletedProcess(["diffuse", *args], code, out.getvalue(), err.getvalue())
 
 
+def cached(cache: Path) -> dict:
+    """The environment that points `diffuse eval` at a cache folder (the eval_cache fixture's)."""
+    return {"DIFFUSE_CACHE": str(cache)}
+
+
 # A training run small enough for tests: a tiny UNet, a few steps, a small grid.
 TINY_TRAIN = ("model=unet_tiny", "train.steps=6", "train.batch_size=8", "train.log_every=2", "train.sample_every=3",
               "train.sample_n=4", "train.sample_steps=3", "train.ckpt_every=3", "train.warmup=2")

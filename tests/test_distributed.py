@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import DATA_ROOT, TINY_TRAIN, run_cli
+from diffuse.checkpoint import read_metadata
 
 EXACT = (*TINY_TRAIN, "train.precision=fp32", "train.sample_every=0", "train.batch_size=8")
 
@@ -134,14 +135,8 @@ def test_a_joblib_sweep_runs_its_points_side_by_side(tmp_path, data_root):
             "train.steps=2", "train.sample_every=0", "hydra.sweep.dir=sweep", cwd=tmp_path)
     for job in ("0", "1"):
         assert (tmp_path / "sweep" / job / "checkpoints" / "last.safetensors").is_file()
-    schedules = {json.loads(load_metadata(tmp_path / "sweep" / j)["config"])["schedule"]["_target_"] for j in "01"}
+    schedules = {json.loads(read_metadata(tmp_path / "sweep" / j)["config"])["schedule"]["_target_"] for j in "01"}
     assert schedules == {"diffuse.schedules.linear.linear", "diffuse.schedules.cosine.cosine"}
-
-
-def load_metadata(run: Path) -> dict:
-    from diffuse.checkpoint import read_metadata
-
-    return read_metadata(run)
 
 
 def test_a_missing_launcher_extra_is_one_line(tmp_path):
@@ -214,7 +209,7 @@ def test_sigterm_to_torchrun_checkpoints_and_the_same_command_resumes_exactly(tm
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffuse", *args]
     _, err = signal_when_logging(cmd, tmp_path, 3, signal.SIGTERM)
     assert "stopped by SIGTERM" in err and "resumed from" not in err, err[-3000:]
-    stopped_at = json.loads(load_metadata(tmp_path / "run")["train_state"])["step"]
+    stopped_at = json.loads(read_metadata(tmp_path / "run")["train_state"])["step"]
     assert 0 < stopped_at < 40 and stopped_at % 10 == 0  # the ranks agree on stopping every 10 steps
     again = torchrun(*args, cwd=tmp_path)  # the same command again
     assert f"at step {stopped_at}" in again.stdout + again.stderr

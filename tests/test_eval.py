@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import TINY_TRAIN, cli_in_process, run_cli
+from conftest import TINY_TRAIN, cached, cli_in_process, run_cli
 from diffuse import DiffuseError
 from diffuse.features.inception import FIDInception
 from diffuse.features.inception_weights import InceptionOptions, inception_extractor
@@ -28,10 +28,6 @@ def trained(tmp_path_factory, data_root) -> Path:
     cwd = tmp_path_factory.mktemp("train")
     run_cli("train", *TINY_TRAIN, "hydra.run.dir=run", cwd=cwd)
     return cwd / "run"
-
-
-def cached(cache: Path) -> dict:
-    return {"DIFFUSE_CACHE": str(cache)}
 
 
 def test_the_mnist_classifier_reaches_99_percent_and_is_cached(eval_cache):

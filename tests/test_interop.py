@@ -6,15 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_TRAIN, cli_in_process, run_cli
+from conftest import TINY_TRAIN, cached, cli_in_process, run_cli
 from diffuse import DiffuseError
 from diffuse.image_files import read_images
 
 COMMON = ("floor=false", "kid_subset_size=20", "seed=3")
-
-
-def cached(cache) -> dict:
-    return {"DIFFUSE_CACHE": str(cache)}
 
 
 @pytest.fixture(scope="module")
