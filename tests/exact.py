@@ -63,3 +63,28 @@ def fitted_order(steps: list[int], errors: list[float]) -> float:
     xs, ys = [math.log(s) for s in steps], [-math.log(e) for e in errors]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def exact_network(objective, schedule, data: GaussianMixture):
+    """The minimiser of `objective`'s training loss for `data`: at time input `time` its input is a x0 + b eps
+    (objective.noising), so E[x0 | input] is closed form, and E[target | input] is the objective's target at
+    (E[x0 | input], E[eps | input]), the target being affine in (x0, eps). (x (B,C,H,W), time (B,)) -> output."""
+
+    def network(x: Tensor, time: Tensor, labels=None) -> Tensor:
+        a, b = objective.noising(schedule, time)  # (B,1,1,1) each
+        x0 = data.x0_mean(x.double(), a.double()[..., None], b.double()[..., None])
+        return objective.target(schedule, x0, (x.double() - a * x0) / b, time)
+
+    return network
+
+
+def objective_denoiser(objective, schedule, data: GaussianMixture):
+    """A sampler's denoiser (x_t, t) -> (eps, x0) that reads the exact network through the objective, as a trained
+    network is read (diffuse.denoiser.ModelDenoiser, without its float32 cast)."""
+    network = exact_network(objective, schedule, data)
+
+    def denoise(x_t: Tensor, t: float):
+        x_in, time = objective.network_input(schedule, x_t, t)
+        return objective.to_eps_x0(network(x_in, time.double()), x_t, schedule, t)
+
+    return denoise

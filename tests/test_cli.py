@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 from safetensors import safe_open
 
-from conftest import TINY_TRAIN, cli_in_process, group_options, run_cli
+from conftest import TINY_TRAIN, cli_in_process, composed, group_options, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def test_checkpoint_is_plain_safetensors_with_its_config(trained):
         meta = f.metadata()
     assert meta["format"] == "diffuse.checkpoint/1" and meta["step"] == "6"
     config = json.loads(meta["config"])
-    assert config["objective"] == {"_target_": "diffuse.objectives.ddpm.DDPM", "prediction": "eps"}
+    assert config["objective"] == {"_target_": "diffuse.objectives.ddpm.DDPM", "prediction": "eps", "loss_weight": "none",
+                                   "snr_gamma": 5.0}
     assert config["model"]["_target_"] == "diffuse.models.unet.UNet" and config["model"]["channels"] == 16
     assert config["schedule"]["_target_"].startswith("diffuse.schedules.")
     assert config["dataset_shape"] == [1, 28, 28]
@@ -91,11 +92,19 @@ def test_every_sampler_from_the_cli_records_what_it_ran(trained, tmp_path, name)
 
 @pytest.mark.parametrize("name", group_options("objective"))
 def test_every_objective_trains_and_samples_from_the_cli(tmp_path, data_root, name):
+    """A tiny model trained under each objective samples through every sampler, with no flag naming the objective:
+    the checkpoint records it (and its schedule)."""
     run_cli("train", *TINY_TRAIN, f"objective={name}", "train.steps=2", "train.sample_every=0", "hydra.run.dir=t",
             cwd=tmp_path)
-    cli_in_process("sample", "ckpt=t", "steps=2", "n=2", "sampler=dpmpp_2m", "hydra.run.dir=s", cwd=tmp_path)
-    images = np.load(tmp_path / "s" / "samples.npz")["images"]
-    assert images.shape == (2, 28, 28, 1) and images.std() > 0
+    from diffuse.checkpoint import read_metadata
+
+    config = json.loads(read_metadata(tmp_path / "t" / "checkpoints" / "last.safetensors")["config"])
+    assert config["objective"] == {k: v for k, v in composed("train", f"objective={name}").objective.items()}
+    for sampler in group_options("sampler"):
+        cli_in_process("sample", "ckpt=t", "steps=2", "n=1", f"sampler={sampler}", f"hydra.run.dir=s_{sampler}",
+                       cwd=tmp_path)
+        images = np.load(tmp_path / f"s_{sampler}" / "samples.npz")["images"]
+        assert images.shape == (1, 28, 28, 1) and images.std() > 0, sampler
 
 
 def test_multirun_gives_one_directory_per_point(trained, tmp_path, data_root):
@@ -157,6 +166,19 @@ def _bad(tmp_path, *args, env=None):
     (("sample",), "ckpt is required"),
     (("sample", "ckpt=/no/such/file.safetensors"), "no such file or directory"),
     (("frobnicate",), "unknown subcommand 'frobnicate'"),
+    (("train", "objective=flow", "objective.loss_weight=min_snr"),
+     "objective.loss_weight='min_snr' does not apply to objective flow (min_snr weighs DDPM's eps, x0 and v"),
+    (("train", "objective=edm", "objective.loss_weight=min_snr"), "does not apply to objective edm"),
+    (("train", "objective=flow", "objective.std=0"), "objective.std (the logit-normal's scale) must be > 0, got 0"),
+    (("train", "objective=flow", "objective.time_density=beta"), "unknown objective.time_density 'beta'"),
+    (("train", "objective=edm", "objective.sigma_data=-0.5"), "objective.sigma_data must be > 0, got -0.5"),
+    (("train", "objective=edm", "schedule=flow"), "objective=edm preconditions with sigma = sigma_t / alpha_t"),
+    (("train", "objective=v", "objective.loss_weight=p2"), "objective.loss_weight='p2' does not apply to objective v; "
+                                                           "allowed: none, min_snr"),
+    (("train", "objective=flow", "schedule=flow", "sampler=heun", "sampler.spacing=trailing"),
+     "sampler heun integrates in sigma = sigma_t / alpha_t, which is infinite at zero terminal SNR, where this walk "
+     "starts; use ddim, ddpm, dpmpp_2m, euler, euler_ancestral, flow_euler, flow_heun"),
+    (("train", "train.lr_decay=exp"), "train.lr_decay must be one of none, cosine, linear, got 'exp'"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, data_root, args, expected):
     assert expected in _bad(tmp_path, *args)

@@ -12,8 +12,14 @@ from diffuse.loss import diffusion_loss
 from diffuse.models.unet import UNet
 from diffuse.objectives import Objective
 from diffuse.objectives.ddpm import DDPM, PREDICTIONS, target, to_eps_x0
+from diffuse.objectives.edm import EDM
+from diffuse.objectives.flow import Flow
 from diffuse.schedules.cosine import cosine
+from diffuse.schedules.edm import edm
+from diffuse.schedules.flow import flow
 from diffuse.schedules.linear import linear
+from conftest import sampler_from_yaml, walk
+from exact import GaussianMixture, fitted_order, objective_denoiser
 
 NAMES = group_options("objective")
 
@@ -51,6 +57,128 @@ def test_every_objective_draws_examples_from_its_generator_alone(name):
     assert torch.isfinite(a.x_in).all() and torch.isfinite(a.target).all()
     assert a.weight is None or (a.weight.shape == (16, 1, 1, 1) and (a.weight >= 0).all())
     assert not torch.equal(a.x_in, obj.example(schedule, x0, torch.Generator().manual_seed(3)).x_in)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_objective_trains_on_the_process_it_declares(name):
+    """An example's input is a x0 + b eps and its target is target(x0, eps) at its own time (noising, target):
+    what the exact-answer tests build their networks from is what training does."""
+    obj, schedule = objective(name), cosine()
+    x0 = torch.rand(64, 1, 3, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    ex = obj.example(schedule, x0, torch.Generator().manual_seed(2))
+    a, b = obj.noising(schedule, ex.time)
+    assert a.shape == b.shape == (64, 1, 1, 1) and (b > 0).all()
+    eps = (ex.x_in.double() - a * x0) / b
+    assert abs(eps.std().item() - 1) < 0.15  # the noise the example drew, recovered
+    torch.testing.assert_close(obj.target(schedule, x0, eps, ex.time).float(), ex.target, atol=2e-4, rtol=2e-4)
+
+
+MIXTURE = GaussianMixture(weights=[0.3, 0.7], means=[-0.6, 0.5], stds=[0.15, 0.25])
+SAMPLERS = group_options("sampler")
+ODE = [n for n in SAMPLERS if sampler_from_yaml(n).facts.order is not None]
+
+
+def natural_schedule(obj):
+    """The schedule each kind of objective samples on in its presets (flow: pure noise at t = 1)."""
+    return flow() if isinstance(obj, Flow) else edm() if isinstance(obj, EDM) else linear()
+
+
+@pytest.mark.parametrize("sampler_name", ODE)
+@pytest.mark.parametrize("name", NAMES)
+def test_every_objective_read_through_its_exact_network_converges_at_the_samplers_order(name, sampler_name):
+    """The exact network of a Gaussian mixture under each objective's own process, read back by the objective
+    at the sampler's timesteps, is the mixture's exact denoiser: every deterministic sampler walks the same
+    probability-flow ODE as with the exact (eps, x0) and converges at its declared order."""
+    obj, schedule = objective(name), linear()
+    sampler = sampler_from_yaml(sampler_name, spacing="karras")
+    x_T = torch.randn(256, 1, 1, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    denoise = objective_denoiser(obj, schedule, MIXTURE)
+    for n in (5, 10, 20):  # the same walk as with the exact denoiser itself, step for step
+        torch.testing.assert_close(walk(sampler, denoise, schedule, x_T, n),
+                                   walk(sampler, MIXTURE.denoiser(schedule), schedule, x_T, n), atol=1e-6, rtol=1e-6)
+    reference = walk(sampler, denoise, schedule, x_T, 400)
+    steps = [10, 20, 40, 80]
+    errors = [(walk(sampler, denoise, schedule, x_T, n) - reference).abs().mean().item() for n in steps]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    order = sampler.facts.order
+    assert order - 0.3 <= fitted_order(steps, errors) <= order + 1.0, errors
+
+
+@pytest.mark.parametrize("sampler_name", SAMPLERS)
+@pytest.mark.parametrize("name", NAMES)
+def test_every_objective_samples_the_data_on_its_own_schedule_with_every_sampler(name, sampler_name):
+    """On the schedule its presets use (flow: ending in pure noise; EDM: sigma up to 80), each sampler draws the
+    mixture from the objective's exact network, or refuses the walk in one line before any work."""
+    obj = objective(name)
+    schedule = natural_schedule(obj)
+    try:
+        obj.check(schedule)
+        sampler = sampler_from_yaml(sampler_name)
+        ts = sampler.check(schedule, 50 if sampler.facts.order else 100)  # stochastic ones: their bias shrinks slower
+    except DiffuseError as e:
+        assert "zero terminal SNR" in str(e) and "\n" not in str(e)
+        return
+    g = torch.Generator().manual_seed(4)
+    x_T = torch.randn(3000, 1, 1, 1, generator=g, dtype=torch.float64)  # standard errors ~0.01 (mean, std, weight)
+    x = sampler(objective_denoiser(obj, schedule, MIXTURE), schedule, x_T, ts, generator=g).flatten()
+    assert x.mean().item() == pytest.approx(MIXTURE.mean, abs=0.03)
+    assert x.std().item() == pytest.approx(MIXTURE.std, rel=0.05)
+    assert (x < 0).double().mean().item() == pytest.approx(MIXTURE.cdf(0.0), abs=0.02)
+
+
+def test_flow_euler_is_euler_in_flow_time():
+    """x <- x + (tau_next - tau) v on x_tau = (1 - tau) x0 + tau eps, written out by hand, is flow_euler."""
+    schedule, obj = flow(), Flow()
+    x_T = torch.randn(64, 1, 1, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    network = objective_denoiser(obj, schedule, MIXTURE)
+    sampler = sampler_from_yaml("flow_euler")
+    ts = sampler.timesteps(schedule, 10)
+    taus = [i / 10 for i in range(10, -1, -1)]  # trailing on the flow table: even steps in tau
+    x = x_T.clone()  # at tau = 1, x_tau = eps = x_T
+    for tau, tau_next, t in zip(taus, taus[1:], ts):
+        assert schedule.sigma(t).item() / (schedule.alpha(t).item() + schedule.sigma(t).item()) == pytest.approx(tau)
+        eps, x0 = network(x / ((1 - tau) ** 2 + tau**2) ** 0.5, t)  # the schedule's x_t is x_tau / ||(1 - tau, tau)||
+        x = x + (tau_next - tau) * (eps - x0)
+    torch.testing.assert_close(walk(sampler, network, schedule, x_T, 10), x, atol=1e-6, rtol=1e-6)
+    for same in ("euler", "ddim"):  # one update: each renoises x0 with eps at the next level
+        torch.testing.assert_close(walk(sampler_from_yaml(same, spacing="trailing"), network, schedule, x_T, 10), x,
+                                   atol=1e-6, rtol=1e-6)
+
+
+def test_min_snr_weights_are_hang_et_al():
+    """min(SNR, gamma) on the x0 error, carried to each prediction's own error (Hang et al. 2023, sec. 3.4)."""
+    schedule, x0 = linear(), torch.zeros(4096, 1, 1, 1)
+    for prediction, weight in (("eps", lambda snr: snr.clamp(max=5) / snr), ("x0", lambda snr: snr.clamp(max=5)),
+                               ("v", lambda snr: snr.clamp(max=5) / (snr + 1))):
+        ex = DDPM(prediction, loss_weight="min_snr", snr_gamma=5.0).example(schedule, x0, torch.Generator().manual_seed(0))
+        alpha, sigma = schedule.scales(ex.time.long())
+        torch.testing.assert_close(ex.weight, weight(alpha**2 / sigma**2))
+        assert 0 <= ex.weight.min() and ex.weight.max() <= 5.0 + 1e-6  # x0: gamma; eps, v: at most 1
+    assert DDPM("eps").example(schedule, x0, torch.Generator().manual_seed(0)).weight is None
+
+
+@pytest.mark.parametrize("build_it,message", [
+    (lambda: Flow(loss_weight="min_snr"), "objective.loss_weight='min_snr' does not apply to objective flow (min_snr "
+                                          "weighs DDPM's eps, x0 and v predictions by their SNR, Hang et al. 2023); allowed: none"),
+    (lambda: EDM(loss_weight="min_snr"), "does not apply to objective edm"),
+    (lambda: Flow(std=0.0), "objective.std (the logit-normal's scale) must be > 0, got 0.0"),
+    (lambda: Flow(time_density="beta"), "unknown objective.time_density 'beta'; allowed: logit_normal, uniform"),
+    (lambda: Flow(shift=-1.0), "objective.shift must be > 0"),
+    (lambda: EDM(sigma_data=0.0), "objective.sigma_data must be > 0, got 0.0"),
+    (lambda: EDM(p_std=-1.0), "objective.p_std must be > 0"),
+    (lambda: DDPM("eps", loss_weight="p2"), "objective.loss_weight='p2' does not apply to objective eps; allowed: none, min_snr"),
+    (lambda: DDPM("v", loss_weight="min_snr", snr_gamma=0), "objective.snr_gamma must be > 0"),
+])
+def test_bad_objective_settings_are_refused_in_one_line(build_it, message):
+    with pytest.raises(DiffuseError) as e:
+        build_it()
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_edm_refuses_a_schedule_that_ends_in_pure_noise():
+    with pytest.raises(DiffuseError, match="infinite at zero terminal SNR.*schedule=edm"):
+        EDM().check(flow())
+    EDM().check(edm())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -151,3 +279,11 @@ def test_ddpm_objective_trains_and_denoises_bitwise_as_before(prediction, condit
         now = ModelDenoiser(model, labels=lab, clip_x0=True)(x0, t)
         before = denoise_before(net, schedule, prediction, x0, t, lab)
         assert torch.equal(now[0], before[0]) and torch.equal(now[1], before[1])
+
+
+def test_objective_nodes_written_before_loss_weights_build_unweighted():
+    """Checkpoints from before this objective had settings record only its prediction: they load as before."""
+    for prediction in PREDICTIONS:
+        built = build({"_target_": "diffuse.objectives.ddpm.DDPM", "prediction": prediction}, OBJECTIVES, Objective)
+        assert built == DDPM(prediction) and built.loss_weight == "none"
+        assert built.example(linear(), torch.zeros(2, 1, 2, 2), torch.Generator().manual_seed(0)).weight is None

@@ -1,9 +1,12 @@
 """Training objectives: one object per objective owns how a network is trained on a noising process and how its
 output is read back during sampling (DESIGN.md sec. 9). The samplers walk the variance-preserving process of a
-`Schedule`, x_t = alpha_t x0 + sigma_t eps, and see only (eps, x0); so every sampler serves every objective.
+`Schedule`, x_t = alpha_t x0 + sigma_t eps, and see only (eps, x0); so every sampler serves every objective. An
+objective whose own process is scaled differently (flow matching's (1 - t) x0 + t eps, EDM's x0 + sigma eps) meets
+the sampler's x_t at the same signal-to-noise ratio and rescales it.
 
-An objective is any object with these four methods (the `Objective` protocol below); its YAML in
-conf/objective/ builds it, and checkpoints record that node.
+An objective is any object with the methods of the `Objective` protocol below; its YAML in conf/objective/ builds
+it, and checkpoints record that node. `noising` and `target` write down its training process so that the tests can
+build its exact network for data with a closed-form posterior (tests/exact.py).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from diffuse import DiffuseError
 from diffuse.schedule import Schedule
 
 
@@ -40,6 +44,20 @@ class Objective(Protocol):
 
     def to_eps_x0(self, out: Tensor, x_t: Tensor, schedule: Schedule, t: float) -> tuple[Tensor, Tensor]:
         """The network's output (B,C,H,W) for x_t at timestep t, as (eps, x0) of the variance-preserving process."""
+
+    def noising(self, schedule: Schedule, time: Tensor) -> tuple[Tensor, Tensor]:
+        """(a, b), each (B,1,1,1): at the network's time input `time` (B,) its input is a x0 + b eps."""
+
+    def target(self, schedule: Schedule, x0: Tensor, eps: Tensor, time: Tensor) -> Tensor:
+        """What the network is trained to output for (x0, eps) (B,C,H,W) at time input `time` (B,)."""
+
+
+def check_loss_weight(objective: str, loss_weight: str, allowed: tuple[str, ...]) -> None:
+    if loss_weight not in allowed:
+        why = (" (min_snr weighs DDPM's eps, x0 and v predictions by their SNR, Hang et al. 2023)"
+               if loss_weight == "min_snr" else "")
+        raise DiffuseError(f"objective.loss_weight={loss_weight!r} does not apply to objective {objective}{why}; "
+                           f"allowed: {', '.join(allowed)}")
 
 
 def from_parameterization(name: str) -> dict:

@@ -34,3 +34,10 @@ class MineScore:
         alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
         eps = -sigma * out
         return eps, (x_t - sigma * eps) / alpha
+
+    def noising(self, schedule: Schedule, time: Tensor) -> tuple[Tensor, Tensor]:
+        lam = time.double().view(-1, 1, 1, 1)  # alpha^2 = sigmoid(2 lambda), sigma^2 = sigmoid(-2 lambda)
+        return torch.sigmoid(2 * lam).sqrt(), torch.sigmoid(-2 * lam).sqrt()
+
+    def target(self, schedule: Schedule, x0: Tensor, eps: Tensor, time: Tensor) -> Tensor:
+        return -eps / self.noising(schedule, time)[1]
