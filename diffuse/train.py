@@ -32,6 +32,9 @@ from diffuse.ui import interactive, progress_bar
 log = logging.getLogger(__name__)
 
 AGREE_EVERY = 10  # under DDP, the ranks agree on stopping (signal, time budget) every this many steps
+PLAN_STEPS = (5, 25)  # with train.max_minutes, the speed of steps 6..25 plans the run's last step; it is planned
+# again at steps 50, 100, 200, ... from the speed since the previous plan, until half the planned run is done
+LR_DECAYS = ("none", "cosine", "linear")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class TrainOptions:
     batch_size: int
     lr: float
     warmup: int
+    lr_decay: str
     grad_clip: float
     ema_decay: float
     ema_warmup: bool
@@ -79,6 +83,8 @@ class TrainOptions:
                 raise DiffuseError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise DiffuseError(f"train.lr must be > 0, got {self.lr}")
+        if self.lr_decay not in LR_DECAYS:
+            raise DiffuseError(f"train.lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
         if not 0 <= self.ema_decay < 1:
             raise DiffuseError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if not -100 <= self.guidance <= 100:
@@ -94,9 +100,22 @@ class TrainOptions:
                                  guidance_rescale=0.0)
 
 
-def lr_at(step: int, opts: TrainOptions) -> float:
-    """Linear warm-up to opts.lr, then constant (DDPM, Appendix B)."""
-    return opts.lr * min(1.0, step / opts.warmup) if opts.warmup else opts.lr
+def lr_at(step: int, opts: TrainOptions, end: int) -> float:
+    """Linear warm-up to opts.lr (DDPM, Appendix B), then constant, or decaying to 0 at step `end` along a half
+    cosine (Loshchilov & Hutter 2017, eq. 5) or a line."""
+    if opts.warmup and step < opts.warmup:
+        return opts.lr * step / opts.warmup
+    if opts.lr_decay == "none" or end <= opts.warmup:
+        return opts.lr
+    done = min(1.0, (step - opts.warmup) / (end - opts.warmup))
+    return opts.lr * (0.5 * (1 + math.cos(math.pi * done)) if opts.lr_decay == "cosine" else 1 - done)
+
+
+def planned_end(opts: TrainOptions, world: World, seconds_per_step: float, step: int, seconds_left: float) -> int:
+    """The last step a wall-clock budget allows at the measured speed (the ranks' mean, so all agree), kept under
+    train.steps, with 3% of what is left spared for checkpoints and the last log lines."""
+    rate = world.mean(torch.tensor(1.0 / seconds_per_step, dtype=torch.float64)).item()
+    return max(step + 1, min(opts.steps, step + int(0.97 * seconds_left * rate)))
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -139,12 +158,21 @@ def train(job, opts: TrainOptions) -> Path:
     # --- the network, its EMA copy, the optimizer, and the random streams of timesteps, noise and data order
     model = job.model.network.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)  # the weights we sample from
-    optimizer = job.optimizer(model.parameters(), lr=lr_at(1, opts))
+    optimizer = job.optimizer(model.parameters(), lr=lr_at(1, opts, opts.steps))
     generator = torch.Generator(device).manual_seed(job.seed)  # timesteps, noise, label dropout: the same on all ranks
     batches = BatchIterator(job.data, opts.batch_size, device, job.seed)  # the whole batch, on every rank
     if world.rank:
         torch.manual_seed(rank_seed(job.seed, world.rank))  # its own dropout; the weights come from rank 0 (DDP)
     start, skipped = resume(job, opts, world, model, ema, optimizer, generator, batches) if job.resume else (0, 0)
+    # the last step: train.steps, or, with a time budget, what the speed measured over steps PLAN_STEPS allows;
+    # a resumed run keeps the plan it was written with, so its learning rates continue exactly
+    planned = job.resume.state.get("end") if job.resume else None
+    if planned is not None and start >= planned:
+        raise DiffuseError(f"resume={job.resume.source}: the checkpoint is at step {start}, where its train.max_minutes "
+                           f"budget planned the run to end; start a new run to train further")
+    end = planned if planned is not None and planned <= opts.steps else opts.steps
+    planning = opts.max_minutes > 0 and end == opts.steps and start < PLAN_STEPS[0]
+    mark, next_plan = PLAN_STEPS
 
     # --- how each step runs
     share = opts.batch_size // world.size
@@ -175,10 +203,10 @@ def train(job, opts: TrainOptions) -> Path:
     t_start = t_last = time.perf_counter()
     deadline = t_start + 60 * opts.max_minutes if opts.max_minutes else math.inf
     try:
-        with progress_bar("training", opts.steps, interactive(world.rank)) as bar, StopRequest() as stop:
+        with progress_bar("training", end, interactive(world.rank)) as bar, StopRequest() as stop:
             for step in range(start + 1, opts.steps + 1):
                 # one optimizer step
-                lr = lr_at(step, opts)
+                lr = lr_at(step, opts, end)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x0, labels = next(batches)  # (B,C,H,W) in [-1, 1], (B,): the whole batch
@@ -199,11 +227,22 @@ def train(job, opts: TrainOptions) -> Path:
                     loss_count += 1
 
                 # is this the last step, and does it log or save? (all ranks decide alike)
-                agree = not world.active or step % AGREE_EVERY == 0 or step == opts.steps
+                if planning and step == mark:
+                    t_mark = time.perf_counter()
+                elif planning and step == next_plan:
+                    now = time.perf_counter()
+                    end = planned_end(opts, world, (now - t_mark) / (step - mark), step, deadline - now)
+                    log.info("train.max_minutes=%g: planned %d steps at the speed of steps %d-%d (%.2f steps/s)%s",
+                             opts.max_minutes, end, mark + 1, step, (step - mark) / (now - t_mark),
+                             f"; the learning rate decays ({opts.lr_decay}) to 0 there" if opts.lr_decay != "none" else "")
+                    mark, t_mark, next_plan = step, now, 2 * step
+                    bar.update(step, total=end)
+                    planning = next_plan < end / 2  # the second half keeps its plan
+                agree = not world.active or step % AGREE_EVERY == 0 or step == end
                 out_of_time, stopping = world.any(time.perf_counter() >= deadline, stop.signal is not None) if agree \
                     else (False, False)
-                last = step == opts.steps or out_of_time
-                if last and step < opts.steps:
+                last = step == end or out_of_time
+                if out_of_time and step < end:
                     log.info("train.max_minutes=%g reached after step %d: finishing as the last step", opts.max_minutes, step)
                 checkpoint = last or stopping or (opts.ckpt_every and step % opts.ckpt_every == 0)
 
@@ -218,7 +257,7 @@ def train(job, opts: TrainOptions) -> Path:
                                            f"{opts.lr}), use train.precision=fp32, or train.nonfinite=skip")
                     if (step % opts.log_every == 0 or last) and world.main:
                         metrics.training(step, mean_loss, lr, loss_count * opts.batch_size / (now - t_last), now)
-                        log.info("step %d/%d  loss %.4f  lr %.2e  %.1f images/s", step, opts.steps, mean_loss, lr,
+                        log.info("step %d/%d  loss %.4f  lr %.2e  %.1f images/s", step, end, mean_loss, lr,
                                  loss_count * opts.batch_size / (now - t_last))
                         bar.update(step, loss=f"{mean_loss:.4f}", speed=f"{loss_count / (now - t_last):.2f} it/s")
                     if step % opts.log_every == 0 or last:
@@ -246,7 +285,8 @@ def train(job, opts: TrainOptions) -> Path:
                 # the checkpoint, and a stop asked for by a signal (on one process it may also arrive during the grid)
                 stopping = stopping or (not world.active and stop.signal is not None)
                 if checkpoint or stopping:
-                    path = checkpoints.save(step, model, ema, optimizer, generator, batches, skipped)
+                    path = checkpoints.save(step, model, ema, optimizer, generator, batches, skipped,
+                                            end if end < opts.steps else None)
                     t_last = time.perf_counter()
                 if stopping and not last:
                     if stop.then_requeue is not None:  # e.g. submitit's requeue, now that the checkpoint is on disk

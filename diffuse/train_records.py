@@ -42,7 +42,8 @@ class Checkpointer:
     def __init__(self, folder: Path, opts, config: dict, world: World):
         self.folder, self.opts, self.config, self.world = folder, opts, config, world
 
-    def save(self, step: int, model, ema, optimizer, generator, batches: BatchIterator, skipped: int) -> Path:
+    def save(self, step: int, model, ema, optimizer, generator, batches: BatchIterator, skipped: int,
+             end: int | None) -> Path:
         if not finite(ema, model, optimizer):  # the same answer on every rank
             raise DiffuseError(f"non-finite weights at step {step}: not overwriting the last good checkpoint in "
                                f"{self.folder}; lower train.lr (now {self.opts.lr}) or use train.precision=fp32")
@@ -54,7 +55,7 @@ class Checkpointer:
             optim, groups = optimizer_tensors(optimizer)
             tensors = {**state_tensors(ema, "ema."), **state_tensors(model, "model."), **optim, **rng}
             meta = checkpoint_metadata(step, self.config)
-            meta[STATE_KEY] = encode(step, batches.epoch, batches.position, groups, skipped, self.world.size)
+            meta[STATE_KEY] = encode(step, batches.epoch, batches.position, groups, skipped, self.world.size, end)
             save_checkpoint(paths, tensors, meta)
             prune_checkpoints(self.folder, self.opts.keep_last, self.opts.milestone_every)
         self.world.barrier()

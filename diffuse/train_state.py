@@ -83,9 +83,11 @@ def restore_rng(generator: torch.Generator, tensors: dict[str, Tensor], world: W
     return True
 
 
-def encode(step: int, epoch: int, position: int, groups: list[dict], skipped: int, world_size: int = 1) -> str:
+def encode(step: int, epoch: int, position: int, groups: list[dict], skipped: int, world_size: int = 1,
+           end: int | None = None) -> str:
+    """`end`: the run's last step as planned (train.steps, or fewer under a time budget)."""
     return json.dumps({"step": step, "epoch": epoch, "position": position, "param_groups": groups,
-                       "nonfinite_skipped": skipped, "world_size": world_size})
+                       "nonfinite_skipped": skipped, "world_size": world_size, "end": end})
 
 
 def decode(metadata: dict[str, str], source: str) -> dict:
@@ -96,6 +98,8 @@ def decode(metadata: dict[str, str], source: str) -> dict:
         for key, kind in (("step", int), ("epoch", int), ("position", int), ("param_groups", list)):
             if not isinstance(state[key], kind):
                 raise TypeError(f"{key} is not {kind.__name__}")
+        if state.get("end") is not None and not (isinstance(state["end"], int) and state["end"] >= state["step"]):
+            raise TypeError("end is not an int >= step")
     except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise DiffuseError(f"resume={source}: damaged training state ({e})") from None
     return state

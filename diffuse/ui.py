@@ -18,15 +18,17 @@ def interactive(rank: int = 0) -> bool:
 
 
 class Bar:
-    """A progress bar, or nothing when not interactive; `update(done, **fields)` shows fields as text."""
+    """A progress bar, or nothing when not interactive; `update(done, **fields)` shows fields as text, and
+    `update(done, total=n)` moves the end (a time budget's plan)."""
 
     def __init__(self, progress: Progress | None, task: int | None):
         self._progress, self._task = progress, task
 
-    def update(self, done: int, **fields: str) -> None:
+    def update(self, done: int, total: int | None = None, **fields: str) -> None:
         if self._progress is not None:
             info = "  ".join(f"{k} {v}" for k, v in fields.items())
-            self._progress.update(self._task, completed=done, **({"info": info} if fields else {}))
+            self._progress.update(self._task, completed=done, **({"total": total} if total else {}),
+                                  **({"info": info} if fields else {}))
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """Nothing lost, nothing executed: exact resume, signals, kills mid-save, full disks, hostile checkpoints."""
 
+import csv
 import errno
 import json
 import os
@@ -58,6 +59,57 @@ def test_a_time_budget_ends_the_run_as_its_last_step_and_resume_continues_exactl
         assert torch.equal(a[key], b[key]), key
     bad = cli_in_process("train", *EXACT, "train.max_minutes=-1", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "train.max_minutes must be >= 0, got -1.0" in bad.stderr
+
+
+def test_the_learning_rate_warms_up_then_decays_to_zero_at_the_last_step():
+    from dataclasses import replace
+
+    from conftest import composed
+    from diffuse.config import options
+    from diffuse.train import TrainOptions, lr_at
+
+    opts = replace(options(TrainOptions, composed("train").train, "train."), lr=1e-3, warmup=10)
+    assert [lr_at(s, opts, 110) for s in (5, 10, 60, 110)] == [5e-4, 1e-3, 1e-3, 1e-3]  # none: constant
+    cosine, linear = replace(opts, lr_decay="cosine"), replace(opts, lr_decay="linear")
+    assert lr_at(5, cosine, 110) == 5e-4 and lr_at(10, cosine, 110) == 1e-3
+    assert lr_at(60, cosine, 110) == pytest.approx(5e-4) and lr_at(60, linear, 110) == pytest.approx(5e-4)
+    assert lr_at(35, cosine, 110) == pytest.approx(1e-3 * 0.5 * (1 + 2**-0.5)) and lr_at(35, linear, 110) == pytest.approx(7.5e-4)
+    assert lr_at(110, cosine, 110) == lr_at(110, linear, 110) == 0.0
+    steps = [lr_at(s, cosine, 110) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(steps, steps[1:]))
+
+
+def _bad_resume(tmp_path, args) -> str:
+    proc = cli_in_process("train", *args, f"resume={tmp_path / 'resumed'}", "hydra.run.dir=again", cwd=tmp_path,
+                          check=False)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    return proc.stderr
+
+
+def test_a_time_budget_plans_the_last_step_and_a_resume_keeps_the_plan(tmp_path, data_root):
+    """With train.max_minutes the measured speed plans the last step (under train.steps) and the learning rate
+    decays to 0 there; a checkpoint records the plan, so a resume without the budget ends at the same step with
+    the same learning rates."""
+    args = (*EXACT, "train.steps=100000", "train.lr_decay=linear", "train.ckpt_every=40", "train.keep_last=0",
+            "train.log_every=10")
+    proc = run_cli("train", *args, "train.max_minutes=0.25", "hydra.run.dir=budget", cwd=tmp_path)
+    plans = [int(n) for n in re.findall(r"planned (\d+) steps", proc.stdout + proc.stderr)]
+    _, meta = load_checkpoint(tmp_path / "budget")
+    end, last = json.loads(meta["train_state"])["end"], int(meta["step"])
+    assert plans and end == plans[-1] and 40 < last <= end < 100000, (plans, last)  # planned at 25, 50, ...
+    middle = tmp_path / "budget" / "checkpoints" / "step_0000040.safetensors"
+    end_then = json.loads(load_checkpoint(middle)[1]["train_state"])["end"]
+    assert end_then in plans
+    run_cli("train", *args, f"resume={middle}", "hydra.run.dir=resumed", cwd=tmp_path)
+    _, resumed = load_checkpoint(tmp_path / "resumed")
+    assert int(resumed["step"]) == end_then  # the plan it was written with, not train.steps, ends it
+    rows = list(csv.DictReader(open(tmp_path / "resumed" / "metrics.csv")))
+    assert float(rows[-1]["lr"]) == 0.0 and rows[-1]["step"] == str(end_then)
+    assert "planned the run to end" in _bad_resume(tmp_path, args)
+    if last == end == end_then:  # planned for the last time before step 40, and no slow moment made the deadline
+        a, b = weights(tmp_path / "budget"), weights(tmp_path / "resumed")  # come first: bitwise the same run
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
 
 
 def test_resume_latest_finds_the_newest_run_of_the_same_experiment(tmp_path, data_root):
