@@ -6,6 +6,13 @@ Quality: the 1-D Wasserstein distance between 20,000 samples drawn with the exac
 two-component Gaussian mixture and 200,000 draws from the mixture itself (0 for a perfect sampler; the
 sampling noise floor is about 0.003). Speed: seconds per image for `--images` MNIST images through the real
 network on this machine (only with --ckpt). Writes benchmarks/results/samplers.{json,md}.
+
+    python benchmarks/samplers.py --objectives [--nfe 5,10,20]
+
+does the same for every objective in conf/objective: the mixture's exact network under that objective's own
+process (tests/exact.py), read back through the objective at each sampler's timesteps, on the schedule the
+objective's presets sample on (flow: schedule=flow, edm: schedule=edm, the others: linear); a sampler that
+refuses that schedule is listed as refused. Writes benchmarks/results/objectives_exact.{json,md}.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from exact import GaussianMixture  # noqa: E402
+from exact import GaussianMixture, objective_denoiser  # noqa: E402
 
+from diffuse import DiffuseError  # noqa: E402
 from diffuse.schedules.linear import linear  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -55,13 +63,66 @@ def mixture_draws(n: int, g: torch.Generator) -> torch.Tensor:
     return MIXTURE.mu[k] + MIXTURE.s[k] * torch.randn(n, generator=g, dtype=torch.float64)
 
 
+def objectives(nfes: list[int]) -> list[dict]:
+    from hydra import compose, initialize_config_module
+
+    from diffuse.config import OBJECTIVES, build
+    from diffuse.objectives import Objective
+    from diffuse.objectives.edm import EDM
+    from diffuse.objectives.flow import Flow
+    from diffuse.schedules.edm import edm
+    from diffuse.schedules.flow import flow
+
+    names = sorted(p.stem for p in (CONF.parent / "objective").glob("*.yaml"))
+    truth = mixture_draws(200_000, torch.Generator().manual_seed(0))
+    x_T = torch.randn(20_000, 1, 1, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rows = []
+    for name in names:
+        with initialize_config_module(config_module="diffuse.conf", version_base="1.3"):
+            objective = build(compose(config_name="train", overrides=[f"objective={name}"]).objective, OBJECTIVES,
+                              Objective)
+        schedule = flow() if isinstance(objective, Flow) else edm() if isinstance(objective, EDM) else linear()
+        denoise = objective_denoiser(objective, schedule, MIXTURE)
+        for sampler_name in sorted(p.stem for p in CONF.glob("*.yaml")):
+            sampler = build_sampler(sampler_name)
+            for nfe in nfes:
+                steps = steps_for_nfe(sampler, schedule, nfe)
+                row = {"objective": name, "schedule": schedule.name, "sampler": sampler_name, "nfe": nfe, "steps": steps}
+                try:
+                    ts = sampler.check(schedule, steps)
+                    x = sampler(denoise, schedule, x_T, ts, generator=torch.Generator().manual_seed(2)).flatten()
+                    row["mixture_w1"] = round(wasserstein_1d(x, truth), 4)
+                except DiffuseError:
+                    row["mixture_w1"] = "refused"
+                rows.append(row)
+                print(row, flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", help="a trained checkpoint or run directory, for wall times")
     ap.add_argument("--nfe", default="5,10,20,50,100")
     ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--objectives", action="store_true", help="every objective x sampler (see above)")
     args = ap.parse_args()
     nfes = [int(v) for v in args.nfe.split(",")]
+    if args.objectives:
+        rows = objectives(nfes)
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python"] + sys.argv)}
+        OUT.mkdir(exist_ok=True)
+        (OUT / "objectives_exact.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        samplers = sorted({r["sampler"] for r in rows})
+        lines = [f"Mixture W1 per objective x sampler ({meta['date']}; `{meta['command']}`)", "",
+                 "| objective (schedule) | NFE | " + " | ".join(samplers) + " |", "|---|---|" + "---|" * len(samplers)]
+        for (objective, schedule), nfe in [(k, n) for k in dict.fromkeys((r["objective"], r["schedule"]) for r in rows)
+                                           for n in nfes]:
+            cells = {r["sampler"]: r["mixture_w1"] for r in rows
+                     if r["objective"] == objective and r["nfe"] == nfe}
+            lines.append(f"| {objective} ({schedule}) | {nfe} | " + " | ".join(str(cells[s]) for s in samplers) + " |")
+        (OUT / "objectives_exact.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     names = sorted(p.stem for p in CONF.glob("*.yaml"))
     schedule = linear()
     truth = mixture_draws(200_000, torch.Generator().manual_seed(0))

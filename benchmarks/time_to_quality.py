@@ -14,6 +14,15 @@
    10,000 test images, with the floor (n real training images) beside.
 Each stage is skipped when its output exists, so a run can be continued. Writes DIR/time_to_quality.{json,md}.
 Set DIFFUSE_DATA_ROOT (MNIST/raw) and DIFFUSE_CACHE (the classifier) as for the CLI.
+
+    python benchmarks/time_to_quality.py --objectives --out DIR [--minutes 10] [--n 10000] [--nfe 20,50]
+                                         [--precision fp32] [--arms eps,v_min_snr,flow,edm] [--heun]
+
+compares the training objectives instead: each arm is the MNIST CPU preset (`experiment=mnist_cpu`, its budget
+set to --minutes, training at --precision) with only the objective (and the schedule and first-order sampler it
+is sampled with) changed; n images at each NFE with that sampler (sampled at precision auto), scored as above.
+--heun adds EDM's Heun on its rho = 7 grid at the odd NFE nearest below each --nfe. Writes
+DIR/objectives.{json,md}.
 """
 
 from __future__ import annotations
@@ -46,16 +55,87 @@ def sh(cmd: list[str], log: Path) -> None:
     print(f"  done in {wall:.0f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MB", flush=True)
 
 
+# arm -> (what it is, training overrides, (sampler, steps for an NFE) for its first-order walks)
+ARMS = {
+    "eps": ("DDPM eps (the preset's objective before this comparison)", ["objective=eps", "schedule=linear",
+                                                                         "sampler=ddim"],
+            ("ddim", lambda nfe: nfe)),
+    "v_min_snr": ("v + Min-SNR-5", ["objective=v", "objective.loss_weight=min_snr", "schedule=linear", "sampler=ddim"],
+                  ("ddim", lambda nfe: nfe)),
+    "flow": ("flow matching, logit-normal(0, 1)", ["objective=flow", "schedule=flow", "sampler=flow_euler"],
+             ("flow_euler", lambda nfe: nfe)),
+    "edm": ("EDM (sigma_data 0.5, P_mean -1.2, P_std 1.2)", ["objective=edm", "schedule=edm", "sampler=euler"],
+            ("euler", lambda nfe: nfe)),
+}
+
+
+def objectives(args) -> None:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    nfes = [int(v) for v in args.nfe.split(",")]
+    rows, arms = [], args.arms.split(",")
+    for arm in arms:  # every arm trains first, so that nothing else runs while any of them does
+        run = out / f"train_{arm}"
+        if not (run / "checkpoints" / "last.safetensors").exists():
+            sh([*DIFFUSE, "train", "experiment=mnist_cpu", *ARMS[arm][1], f"train.max_minutes={args.minutes}",
+                f"train.precision={args.precision}", f"seed={args.seed}", f"hydra.run.dir={run}"], out / f"train_{arm}.log")
+    for arm in arms:
+        what, _, (sampler, steps_for) = ARMS[arm]
+        run = out / f"train_{arm}"
+        walks = [(sampler, steps_for(nfe), nfe) for nfe in nfes]
+        if args.heun and arm == "edm":
+            walks += [("heun", (nfe + 1) // 2, 2 * ((nfe + 1) // 2) - 1) for nfe in nfes]
+        for name, steps, nfe in walks:
+            tag = f"{arm}_{name}_{steps}"
+            samples = out / f"sample_{tag}"
+            if not (samples / "samples.npz").exists():
+                sh([*DIFFUSE, "sample", f"ckpt={run}", f"sampler={name}", f"steps={steps}", f"n={args.n}",
+                    "batch_size=500", f"seed={args.seed}", "precision=auto", f"hydra.run.dir={samples}"],
+                   out / f"sample_{tag}.log")
+            ev = out / f"eval_{tag}"
+            if not (ev / "metrics.json").exists():
+                sh([*DIFFUSE, "eval", f"samples={samples / 'samples.npz'}", "dataset=mnist", f"hydra.run.dir={ev}"],
+                   out / f"eval_{tag}.log")
+            m = json.loads((ev / "metrics.json").read_text())
+            rows.append({"arm": arm, "objective": what, "sampler": name, "steps": steps, "nfe": nfe,
+                         "metrics": m["metrics"], "floor": m.get("floor", {}), "progress": progress(run, args.minutes),
+                         "train_process": json.loads((out / f"train_{arm}.json").read_text()),
+                         "sample_process": json.loads((out / f"sample_{tag}.json").read_text())})
+    (out / "objectives.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    lines = [f"n={args.n} per row, seed {args.seed}, training at {args.precision} for {args.minutes:g} min (the mnist_cpu "
+             f"preset), sampling at precision auto; classifier features, reference = the 10,000 MNIST test images", "",
+             "| objective | sampler | NFE | steps (images seen) | FID | KID | precision | recall | training process |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m, p = r["metrics"], r["progress"]
+        lines.append(f"| {r['objective']} | {r['sampler']} | {r['nfe']} | {p} | {m['fid']:.2f} | {m['kid']:.3f} | "
+                     f"{m['precision']:.3f} | {m['recall']:.3f} | {r['train_process']['wall_s']:.0f} s |")
+    floor = rows[0]["floor"] if rows else {}
+    if floor:
+        lines.append(f"| real training images (the floor) | | | | {floor['fid']:.2f} | {floor['kid']:.3f} | "
+                     f"{floor['precision']:.3f} | {floor['recall']:.3f} | |")
+    (out / "objectives.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--objectives", action="store_true", help="compare the training objectives (see above)")
+    ap.add_argument("--minutes", type=float, default=10.0, help="--objectives: each arm's training budget")
+    ap.add_argument("--nfe", default="20,50", help="--objectives: network evaluations per image")
+    ap.add_argument("--precision", default="fp32", help="--objectives: training precision (fp32 | bf16 | auto)")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"--objectives: some of {', '.join(ARMS)}")
+    ap.add_argument("--heun", action="store_true", help="--objectives: also EDM's Heun for the edm arm")
     ap.add_argument("--diffuse-minutes", type=float, default=10.0)
     ap.add_argument("--diffusers-minutes", default="10,30")
-    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--n", type=int, default=2000)  # --objectives: pass --n 10000
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rate", type=float, default=50.0, help="the baseline's training images/s (from make bench)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.objectives:
+        return objectives(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     budgets = sorted(float(m) for m in args.diffusers_minutes.split(","))

@@ -30,7 +30,7 @@ def test_wheel_ships_the_configs_and_runs_from_another_directory(tmp_path):
     assert where.startswith(str(site))
     out = subprocess.run([sys.executable, "-m", "diffuse", "train", "--help"], cwd=elsewhere, env=env,
                          capture_output=True, text=True, check=True).stdout
-    assert "model: unet_cifar, unet_mnist, unet_tiny" in out and "experiment: mnist_cpu" in out
+    assert "model: unet_cifar, unet_mnist, unet_tiny" in out and "experiment: cifar10_ddpm, cifar10_edm, cifar10_flow, mnist_cpu" in out
 
 
 def test_console_script_is_installed(tmp_path):
