@@ -16,7 +16,7 @@ from torch import Tensor
 from diffuse import DiffuseError
 from diffuse.objectives import Example, check_loss_weight
 from diffuse.schedule import Schedule
-from diffuse.schedules.flow import shifted
+from diffuse.schedules.flow import flow_time, shifted
 
 TIME_SCALE = 1000.0  # network time input = TIME_SCALE * tau
 DENSITIES = ("logit_normal", "uniform")
@@ -65,18 +65,12 @@ class Flow:
         tau = tau.view(-1, 1, 1, 1)
         return (1 - tau) * x0 + tau * eps  # (B,C,H,W)
 
-    @staticmethod
-    def tau(schedule: Schedule, t: float) -> tuple[float, float]:
-        """(tau, alpha_t + sigma_t) at the schedule's timestep t: the same SNR, and the factor x_t / x_tau."""
-        alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
-        return sigma / (alpha + sigma), alpha + sigma
-
     def network_input(self, schedule: Schedule, x_t: Tensor, t: float) -> tuple[Tensor, Tensor]:
-        tau, scale = self.tau(schedule, t)
+        tau, scale = flow_time(schedule, t)
         return x_t / scale, torch.full((x_t.shape[0],), TIME_SCALE * tau, device=x_t.device)
 
     def to_eps_x0(self, out: Tensor, x_t: Tensor, schedule: Schedule, t: float) -> tuple[Tensor, Tensor]:
-        tau, scale = self.tau(schedule, t)
+        tau, scale = flow_time(schedule, t)
         x = x_t / scale  # x_tau = (1 - tau) x0 + tau eps, and out = eps - x0
         return x + (1 - tau) * out, x - tau * out
 

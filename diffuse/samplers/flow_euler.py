@@ -9,9 +9,9 @@ from typing import Callable
 from torch import Tensor
 
 from diffuse.samplers import Denoiser, declare
-from diffuse.samplers.flow_heun import flow_time
 from diffuse.samplers.noise import Generators
 from diffuse.schedule import Schedule
+from diffuse.schedules.flow import flow_time
 
 
 @declare(order=1)

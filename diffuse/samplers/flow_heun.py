@@ -12,17 +12,12 @@ from torch import Tensor
 from diffuse.samplers import Denoiser, declare
 from diffuse.samplers.noise import Generators
 from diffuse.schedule import Schedule
+from diffuse.schedules.flow import flow_time
 
 
 def evaluations(steps: int) -> int:
     """Two per step but the last, which lands on tau = 0 with a plain Euler step."""
     return 2 * steps - 1
-
-
-def flow_time(schedule: Schedule, t: float) -> tuple[float, float]:
-    """(tau, alpha_t + sigma_t) at timestep t (tau = 0 and factor 1 at the clean-data sentinel t = -1)."""
-    alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
-    return sigma / (alpha + sigma), alpha + sigma
 
 
 @declare(order=2, evaluations=evaluations)

@@ -15,6 +15,13 @@ def shifted(tau: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * tau / (1 + (shift - 1) * tau)
 
 
+def flow_time(schedule: Schedule, t: float) -> tuple[float, float]:
+    """(tau, alpha_t + sigma_t) at any schedule's timestep t: the flow time of the same SNR, and the factor
+    x_t / x_tau (tau = 0 and factor 1 at the clean-data sentinel t = -1)."""
+    alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
+    return sigma / (alpha + sigma), alpha + sigma
+
+
 def flow(T: int = 1000, shift: float = 1.0) -> Schedule:
     """abar(tau) = (1 - tau)^2 / ((1 - tau)^2 + tau^2): the signal share of x / ||(1 - tau, tau)||."""
     check_T(T)
