@@ -21,13 +21,16 @@ Set DIFFUSE_DATA_ROOT (MNIST/raw) and DIFFUSE_CACHE (the classifier) as for the 
 compares the training objectives instead: each arm is the MNIST CPU preset (`experiment=mnist_cpu`, its budget
 set to --minutes, training at --precision) with only the objective (and the schedule and first-order sampler it
 is sampled with) changed; n images at each NFE with that sampler (sampled at precision auto), scored as above.
---heun adds EDM's Heun on its rho = 7 grid at the odd NFE nearest below each --nfe. Writes
+--heun adds EDM's Heun on its rho = 7 grid at the odd NFE nearest below each --nfe. Each
+`--variant "NAME ARM KEY=VALUE ..."` adds an arm: ARM with those training overrides (the preset's other choices:
+learning rate, batch, EMA, model), e.g. `--arms "" --variant "lr2e-3 flow train.lr=2e-3"`. Writes
 DIR/objectives.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -69,11 +72,21 @@ ARMS = {
 }
 
 
+def variant(spec: str) -> tuple[str, tuple]:
+    """--variant "NAME ARM KEY=VALUE ...": arm ARM with training overrides added, as an arm of its own."""
+    name, base, *extra = spec.split()
+    if base not in ARMS or not extra or any("=" not in o for o in extra):
+        raise SystemExit(f"--variant {spec!r}: give NAME, one of {', '.join(ARMS)}, and KEY=VALUE overrides")
+    what, overrides, walk = ARMS[base]
+    return name, (f"{what}; {' '.join(extra)}", [*overrides, *extra], walk)
+
+
 def objectives(args) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     nfes = [int(v) for v in args.nfe.split(",")]
-    rows, arms = [], args.arms.split(",")
+    ARMS.update(variant(v) for v in args.variant)
+    rows, arms = [], [a for a in args.arms.split(",") if a] + [v.split()[0] for v in args.variant]
     for arm in arms:  # every arm trains first, so that nothing else runs while any of them does
         run = out / f"train_{arm}"
         if not (run / "checkpoints" / "last.safetensors").exists():
@@ -104,7 +117,7 @@ def objectives(args) -> None:
     (out / "objectives.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
     lines = [f"n={args.n} per row, seed {args.seed}, training at {args.precision} for {args.minutes:g} min (the mnist_cpu "
              f"preset), sampling at precision auto; classifier features, reference = the 10,000 MNIST test images", "",
-             "| objective | sampler | NFE | steps (images seen) | FID | KID | precision | recall | training process |",
+             "| objective | sampler | NFE | steps (images seen) in loop time | FID | KID | precision | recall | training process |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, p = r["metrics"], r["progress"]
@@ -127,6 +140,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", help="--objectives: training precision (fp32 | bf16 | auto)")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"--objectives: some of {', '.join(ARMS)}")
     ap.add_argument("--heun", action="store_true", help="--objectives: also EDM's Heun for the edm arm")
+    ap.add_argument("--variant", action="append", default=[], metavar="'NAME ARM KEY=VALUE ...'",
+                    help="--objectives: an arm with training overrides added (the preset's choices), repeatable")
     ap.add_argument("--diffuse-minutes", type=float, default=10.0)
     ap.add_argument("--diffusers-minutes", default="10,30")
     ap.add_argument("--n", type=int, default=2000)  # --objectives: pass --n 10000
@@ -200,7 +215,8 @@ def progress(run: Path, minutes: float) -> str:
             with safe_open(str(run / "checkpoints" / "last.safetensors"), "pt") as f:
                 meta = f.metadata()
             step, batch = int(meta["step"]), json.loads(meta["config"])["train"]["batch_size"]
-            return f"{step} ({step * batch:,})"
+            loop = list(csv.DictReader(open(run / "metrics.csv")))[-1]["elapsed_s"]  # the loop's own seconds
+            return f"{step} ({step * batch:,}) in {float(loop):.0f} s"
         with safe_open(str(run / f"ema_{minutes:g}min.safetensors"), "pt") as f:
             step = int(f.metadata()["step"])
         return f"{step} ({step * 128:,})"

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 AGREE_EVERY = 10  # under DDP, the ranks agree on stopping (signal, time budget) every this many steps
 PLAN_STEPS = (5, 25)  # with train.max_minutes, the speed of steps 6..25 plans the run's last step; it is planned
-# again at steps 50, 100, 200, ... from the speed since the previous plan, until half the planned run is done
+# again at steps 50, 100, 200, ... from the speed since the previous plan, and a last time at LAST_PLAN of the plan
+LAST_PLAN = 0.9  # (a CPU's speed drifts by 10-20% over minutes: planning only early left 4-8% of a budget unused)
 LR_DECAYS = ("none", "cosine", "linear")
 
 
@@ -173,6 +174,7 @@ def train(job, opts: TrainOptions) -> Path:
     end = planned if planned is not None and planned <= opts.steps else opts.steps
     planning = opts.max_minutes > 0 and end == opts.steps and start < PLAN_STEPS[0]
     mark, next_plan = PLAN_STEPS
+    final = False
 
     # --- how each step runs
     share = opts.batch_size // world.size
@@ -235,9 +237,13 @@ def train(job, opts: TrainOptions) -> Path:
                     log.info("train.max_minutes=%g: planned %d steps at the speed of steps %d-%d (%.2f steps/s)%s",
                              opts.max_minutes, end, mark + 1, step, (step - mark) / (now - t_mark),
                              f"; the learning rate decays ({opts.lr_decay}) to 0 there" if opts.lr_decay != "none" else "")
-                    mark, t_mark, next_plan = step, now, 2 * step
                     bar.update(step, total=end)
-                    planning = next_plan < end / 2  # the second half keeps its plan
+                    if final or int(LAST_PLAN * end) <= step:
+                        planning = False  # the last tenth keeps its plan
+                    elif 2 * step < LAST_PLAN * end:
+                        mark, t_mark, next_plan = step, now, 2 * step
+                    else:  # the last plan measures from the same mark: a window of at least a quarter of the run
+                        next_plan, final = int(LAST_PLAN * end), True
                 agree = not world.active or step % AGREE_EVERY == 0 or step == end
                 out_of_time, stopping = world.any(time.perf_counter() >= deadline, stop.signal is not None) if agree \
                     else (False, False)

@@ -97,6 +97,8 @@ def test_a_time_budget_plans_the_last_step_and_a_resume_keeps_the_plan(tmp_path,
     _, meta = load_checkpoint(tmp_path / "budget")
     end, last = json.loads(meta["train_state"])["end"], int(meta["step"])
     assert plans and end == plans[-1] and 40 < last <= end < 100000, (plans, last)  # planned at 25, 50, ...
+    at = [int(b) for b in re.findall(r"at the speed of steps \d+-(\d+)", proc.stdout + proc.stderr)]
+    assert len(plans) >= 2 and (at[-1] == int(0.9 * plans[-2]) or at[-1] >= 0.9 * plans[-1]), (plans, at)  # late
     middle = tmp_path / "budget" / "checkpoints" / "step_0000040.safetensors"
     end_then = json.loads(load_checkpoint(middle)[1]["train_state"])["end"]
     assert end_then in plans
