@@ -19,9 +19,9 @@ test:  ## the whole suite, CPU only
 test-fast:  ## skip the slow tests
 	$(PY) -m pytest -q -m "not slow"
 
-demo:  ## train the MNIST CPU preset (10 minutes of training on any CPU), then sample a grid with Heun in t (19 NFE)
+demo:  ## train the MNIST CPU preset (10 minutes of training on any CPU), then sample a grid with its own sampler (Heun in t, 19 NFE)
 	$(DIFFUSE) train experiment=mnist_cpu hydra.run.dir=outputs/demo/train
-	$(DIFFUSE) sample ckpt=outputs/demo/train sampler=flow_heun steps=10 n=64 hydra.run.dir=outputs/demo/sample
+	$(DIFFUSE) sample ckpt=outputs/demo/train steps=10 n=64 hydra.run.dir=outputs/demo/sample
 	@echo "grid: outputs/demo/sample/grid.png"
 
 bench:  ## diffuse vs a matched diffusers UNet2DModel, and each speed lever (JSON + Markdown in benchmarks/results/)

@@ -7,6 +7,12 @@ two-component Gaussian mixture and 200,000 draws from the mixture itself (0 for 
 sampling noise floor is about 0.003). Speed: seconds per image for `--images` MNIST images through the real
 network on this machine (only with --ckpt). Writes benchmarks/results/samplers.{json,md}.
 
+    python benchmarks/samplers.py --spacings [--nfe 5,10,20,50] [--schedules linear,cosine]
+
+sweeps every deterministic sampler x every spacing x NFE on the mixture (exact eps on each schedule), marking
+each sampler's default spacing and the best per NFE; the error is free of sampling noise (tests/exact.py ode_w1:
+N(0, 1)'s quantiles walked, against the mixture's). Writes benchmarks/results/spacings_exact.{json,md}.
+
     python benchmarks/samplers.py --objectives [--nfe 5,10,20]
 
 does the same for every objective in conf/objective: the mixture's exact network under that objective's own
@@ -27,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from exact import GaussianMixture, objective_denoiser  # noqa: E402
+from exact import GaussianMixture, objective_denoiser, ode_w1  # noqa: E402
 
 from diffuse import DiffuseError  # noqa: E402
 from diffuse.schedules.linear import linear  # noqa: E402
@@ -99,14 +105,72 @@ def objectives(nfes: list[int]) -> list[dict]:
     return rows
 
 
+def spacings(nfes: list[int], schedule_names: list[str]) -> list[dict]:
+    """Every sampler x every spacing x NFE on each schedule (eps read back exactly): the sweep behind the samplers'
+    default spacings."""
+    import dataclasses
+
+    from hydra import compose, initialize_config_module
+
+    from diffuse.config import SCHEDULES, build
+    from diffuse.schedule import SPACINGS, Schedule
+    rows = []
+    for schedule_name in schedule_names:
+        with initialize_config_module(config_module="diffuse.conf", version_base="1.3"):
+            schedule = build(compose(config_name="train", overrides=[f"schedule={schedule_name}"]).schedule, SCHEDULES,
+                             Schedule)
+        for name in sorted(p.stem for p in CONF.glob("*.yaml")):
+            base = build_sampler(name)
+            if base.facts.order is None:
+                continue  # stochastic: its error is not the walk's
+            for spacing in SPACINGS:
+                sampler = dataclasses.replace(base, spacing=spacing)
+                for nfe in nfes:
+                    steps = steps_for_nfe(sampler, schedule, nfe)
+                    row = {"schedule": schedule_name, "sampler": name, "spacing": spacing, "nfe": nfe, "steps": steps,
+                           "default": spacing == base.spacing}
+                    try:
+                        row["mixture_w1"] = float(f"{ode_w1(sampler, schedule, steps, MIXTURE):.3g}")
+                    except DiffuseError:
+                        row["mixture_w1"] = "refused"
+                    rows.append(row)
+                    print(row, flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", help="a trained checkpoint or run directory, for wall times")
     ap.add_argument("--nfe", default="5,10,20,50,100")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--objectives", action="store_true", help="every objective x sampler (see above)")
+    ap.add_argument("--spacings", action="store_true", help="every ODE sampler x spacing x NFE (see above)")
+    ap.add_argument("--schedules", default="linear,cosine", help="--spacings: schedules in conf/schedule")
     args = ap.parse_args()
     nfes = [int(v) for v in args.nfe.split(",")]
+    if args.spacings:
+        rows = spacings(nfes, args.schedules.split(","))
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python"] + sys.argv)}
+        OUT.mkdir(exist_ok=True)
+        (OUT / "spacings_exact.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        lines = [f"Mixture W1 per sampler x spacing x NFE ({meta['date']}; `{meta['command']}`); * = the sampler's "
+                 "default spacing, bold = the best spacing of that sampler at that NFE", ""]
+        for schedule_name in dict.fromkeys(r["schedule"] for r in rows):
+            lines += [f"schedule={schedule_name}", "", "| sampler | spacing | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+                      "|---|---|" + "---|" * len(nfes)]
+            mine = [r for r in rows if r["schedule"] == schedule_name]
+            best = {(r["sampler"], r["nfe"]): min((o["mixture_w1"] for o in mine if o["sampler"] == r["sampler"]
+                                                   and o["nfe"] == r["nfe"] and o["mixture_w1"] != "refused"),
+                                                  default=None) for r in mine}
+            for sampler, spacing in dict.fromkeys((r["sampler"], r["spacing"]) for r in mine):
+                cells = [r for r in mine if r["sampler"] == sampler and r["spacing"] == spacing]
+                shown = [f"**{c['mixture_w1']}**" if c["mixture_w1"] == best[(sampler, c["nfe"])] else str(c["mixture_w1"])
+                         for c in cells]
+                lines.append(f"| {sampler} | {spacing}{' *' if cells[0]['default'] else ''} | " + " | ".join(shown) + " |")
+            lines.append("")
+        (OUT / "spacings_exact.md").write_text("\n".join(lines))
+        print("\n".join(lines))
+        return
     if args.objectives:
         rows = objectives(nfes)
         meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python"] + sys.argv)}

@@ -5,7 +5,7 @@ work starts. Nodes become objects through diffuse.config; checkpoints through di
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -118,9 +118,22 @@ def checked_sampler(node, schedule: Schedule, steps: int) -> Sampler:
         sampler.check(schedule, steps)
     except InfiniteStart as e:
         folder = Path(conf.__file__).parent / "sampler"
-        able = [p.stem for p in sorted(folder.glob("*.yaml")) if not nodes.sampler(OmegaConf.load(p)).facts.finite_start]
+        able = [way for way in (serves(p, schedule, steps) for p in sorted(folder.glob("*.yaml"))) if way]
         raise DiffuseError(f"{e}; use {', '.join(able)}") from None
     return sampler
+
+
+def serves(path: Path, schedule: Schedule, steps: int) -> str | None:
+    """How the sampler YAML at `path` can walk `schedule`: its name (with its defaults), its name with
+    spacing=trailing (when only its default spacing refuses), or None."""
+    sampler = nodes.sampler(OmegaConf.load(path))
+    for spacing, name in ((sampler.spacing, path.stem), ("trailing", f"{path.stem} (spacing=trailing)")):
+        try:
+            replace(sampler, spacing=spacing).check(schedule, steps)
+            return name
+        except DiffuseError:
+            pass
+    return None
 
 
 def resumed(config: dict, ctx: Context) -> Resume | None:
@@ -194,10 +207,17 @@ def build_train(cfg: DictConfig, ctx: Context, opts) -> TrainJob:
                                              "diffuse train", f"resume={ctx.out_dir.resolve()}", *keep]))
 
 
-def loaded_checkpoint(config: dict, steps: int) -> tuple[LoadedModel, Sampler, list[int] | None]:
-    """ckpt=, weights=, sampler and labels of `diffuse sample` and `diffuse eval ckpt=`: the model, checked."""
+def loaded_checkpoint(config: dict, steps: int, overrides: tuple[str, ...]) -> tuple[LoadedModel, Sampler,
+                                                                                    list[int] | None]:
+    """ckpt=, weights=, sampler and labels of `diffuse sample` and `diffuse eval ckpt=`: the model, checked. The
+    sampler is the command's when it names one (sampler=NAME or sampler.KEY=VALUE), else the one the checkpoint's
+    run drew its grids with (a checkpoint that records none: the command's default)."""
     loaded = load_model(config["ckpt"], config["weights"])
-    sampler = checked_sampler(config["sampler"], loaded.model.schedule, steps)
+    node = config["sampler"]
+    named = any(o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == "sampler" for o in overrides)
+    if not named and isinstance(loaded.config.get("sampler"), dict):
+        node = loaded.config["sampler"]
+    sampler = checked_sampler(node, loaded.model.schedule, steps)
     network = loaded.model.network
     classes = resolve_classes(config.get("labels"), config.get("label"), network.conditional, network.num_classes)
     return loaded, sampler, classes
@@ -208,7 +228,7 @@ def build_sample(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
     if config.get("ckpt") is None:
         raise DiffuseError("ckpt is required: ckpt=PATH to a .safetensors checkpoint or a training run directory")
     device = distributed.device(ctx.world, nodes.device(config["device"]))
-    loaded, sampler, classes = loaded_checkpoint(config, opts.steps)
+    loaded, sampler, classes = loaded_checkpoint(config, opts.steps, ctx.overrides)
     loaded.model.network.to(device)
     return SampleJob(ctx.world, loaded, sampler, classes, device, ctx.out_dir)
 
@@ -254,7 +274,7 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
     job = EvalJob(ctx.world, opts.features, distributed.device(ctx.world, nodes.device(config["device"])), ctx.out_dir,
                   Path(str(config["cache_dir"])).expanduser(), None, None)
     if has_ckpt:
-        job.loaded, job.sampler, job.classes = loaded_checkpoint(config, opts.steps)
+        job.loaded, job.sampler, job.classes = loaded_checkpoint(config, opts.steps, ctx.overrides)
         shape = job.loaded.model.shape
     else:
         job.samples_path = Path(str(config["samples"])).expanduser()

@@ -111,6 +111,6 @@ def sample(job, opts: SampleOptions) -> Path:
               "options": asdict(opts), "wall_seconds": round(drawn.seconds, 3),
               "images_per_second": round(opts.n / drawn.seconds, 3)}
     (out / "sampling.json").write_text(json.dumps(record, indent=2) + "\n")
-    log.info("wrote %d images to %s (%.1f s, %.2f images/s, %d NFE per image)", opts.n, out, drawn.seconds,
-             opts.n / drawn.seconds, drawn.nfe_per_image)
+    log.info("wrote %d images to %s (%s, %d steps, %d NFE per image; %.1f s, %.2f images/s)", opts.n, out,
+             job.sampler.name, opts.steps, drawn.nfe_per_image, drawn.seconds, opts.n / drawn.seconds)
     return out

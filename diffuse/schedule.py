@@ -7,6 +7,7 @@ with the sentinel abar(-1) = 1 ("clean data"), so that every sampler's last step
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor
 from diffuse import DiffuseError
 from diffuse.validate import int_in, is_int
 
-SPACINGS = ("linspace", "leading", "trailing", "karras")
+SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr", "time_quadratic")
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,22 +128,32 @@ class Schedule:
             ts = (torch.arange(T, 0, -T / steps, dtype=torch.float64).round().long() - 1)[:steps]
         elif spacing == "karras":
             return karras_timesteps(self, steps) + [-1]
+        elif spacing == "logsnr":
+            return karras_timesteps(self, steps, rho=math.inf) + [-1]
+        elif spacing == "time_quadratic":  # DEIS's quadratic time steps (Zhang & Chen 2023, sec. 5): denser near data
+            ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+            return [float(t) for t in (T - 1) * (1 - ramp) ** 2] + [-1]
         else:
             raise DiffuseError(f"unknown timestep spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
         return [int(t) for t in ts] + [-1]
 
 
 def karras_timesteps(schedule: Schedule, steps: int, rho: float = 7.0) -> list[float]:
-    """Timesteps at sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho (Karras et al. 2022, eq. 5)."""
+    """Timesteps at sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho (Karras et al. 2022, eq. 5);
+    rho = inf: even in log sigma, i.e. in log-SNR (DPM-Solver's spacing, Lu et al. 2022, sec. 3.3)."""
     log_s = schedule.log_sigma_ve
     if not torch.isfinite(log_s[-1]):
-        raise DiffuseError("karras spacing needs a finite largest noise level, and this schedule has zero terminal "
+        name = "karras" if math.isfinite(rho) else "logsnr"
+        raise DiffuseError(f"{name} spacing needs a finite largest noise level, and this schedule has zero terminal "
                            "SNR; use spacing=trailing")
     if steps == 1:
         return [float(schedule.T - 1)]
-    s_min, s_max = log_s[0].exp(), log_s[-1].exp()
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    sigmas = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    if math.isinf(rho):
+        sigmas = (log_s[-1] + ramp * (log_s[0] - log_s[-1])).exp()
+    else:
+        s_min, s_max = log_s[0].exp(), log_s[-1].exp()
+        sigmas = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     inner = schedule.t_of_sigma_ve(sigmas[1:-1])  # the ends are the table's ends exactly, free of round-off
     return [float(schedule.T - 1)] + [float(t) for t in inner] + [0.0]
 

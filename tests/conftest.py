@@ -128,13 +128,14 @@ def walk(sampler, denoiser, schedule, x_T, steps: int, generator=None, on_step=N
 
 
 def assert_declared_order(sampler, denoiser, schedule, x_T, reference_steps: int) -> None:
-    """The walk's error against a `reference_steps` walk shrinks over 10, 20, 40, 80 steps at the order the sampler
-    declares (within -0.3 / +1.0)."""
+    """The walk's error against a `reference_steps` walk shrinks over 20, 40, 80, 160 steps, and from 80 to 160 at
+    the order the sampler declares (within -0.3 / +1.0): the asymptotic order, which high-order multistep methods
+    (iPNDM: 2.9, 3.5, 3.8 over these doublings) reach only with many steps."""
     from exact import fitted_order
 
     reference = walk(sampler, denoiser, schedule, x_T, reference_steps)
-    steps = [10, 20, 40, 80]
+    steps = [20, 40, 80, 160]
     errors = [(walk(sampler, denoiser, schedule, x_T, n) - reference).abs().mean().item() for n in steps]
     assert all(a > b for a, b in zip(errors, errors[1:])), errors
     order = sampler.facts.order
-    assert order - 0.3 <= fitted_order(steps, errors) <= order + 1.0, errors
+    assert order - 0.3 <= fitted_order(steps[-2:], errors[-2:]) <= order + 1.0, errors

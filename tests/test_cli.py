@@ -90,6 +90,17 @@ def test_every_sampler_from_the_cli_records_what_it_ran(trained, tmp_path, name)
     assert np.load(tmp_path / "s" / "samples.npz")["images"].shape == (2, 28, 28, 1)
 
 
+def test_sample_uses_the_checkpoints_sampler_unless_the_command_names_one(tmp_path, data_root):
+    run_cli("train", *TINY_TRAIN, "sampler=unipc", "sampler.order=3", "train.steps=2", "train.sample_every=0",
+            "hydra.run.dir=t", cwd=tmp_path)
+    for args, expected in ((("hydra.run.dir=own",), ("unipc", 3)),
+                           (("sampler=ddim", "hydra.run.dir=named"), ("ddim", None)),
+                           (("sampler.eta=0.0", "hydra.run.dir=setting"), ("ddim", None))):  # a setting of the default
+        cli_in_process("sample", "ckpt=t", "steps=3", "n=1", *args, cwd=tmp_path)
+        record = json.loads((tmp_path / args[-1].split("=")[1] / "sampling.json").read_text())
+        assert (record["sampler"], record["settings"].get("order")) == expected, args
+
+
 @pytest.mark.parametrize("name", group_options("objective"))
 def test_every_objective_trains_and_samples_from_the_cli(tmp_path, data_root, name):
     """A tiny model trained under each objective samples through every sampler, with no flag naming the objective:
@@ -151,7 +162,8 @@ def _bad(tmp_path, *args, env=None):
     (("train", "sampler.spacing=uniform"), "unknown timestep spacing 'uniform'"),
     (("train", "schedule.zero_terminal_snr=true"), "zero terminal SNR needs objective=v"),
     (("train", "sampler=heun", "sampler.spacing=trailing", "schedule.zero_terminal_snr=true", "objective=v"),
-     "infinite at zero terminal SNR, where this walk starts; use ddim, ddpm, dpmpp_2m, euler"),
+     "infinite at zero terminal SNR, where this walk starts; use ddim, ddpm, dpmpp_2m, dpmpp_3m (spacing=trailing), euler "
+     "(spacing=trailing)"),
     (("train", "sampler.eta=abc"), "sampler ddim: bad settings (eta must be float, got 'abc')"),
     (("train", "+sampler.foo=1"), "sampler ddim: bad settings (unknown setting 'foo'; allowed: eta)"),
     (("train", "optimizer._target_=torch.optim.SGD"), "optimizer torch.optim.SGD"),
@@ -177,7 +189,8 @@ def _bad(tmp_path, *args, env=None):
                                                            "allowed: none, min_snr"),
     (("train", "objective=flow", "schedule=flow", "sampler=heun", "sampler.spacing=trailing"),
      "sampler heun integrates in sigma = sigma_t / alpha_t, which is infinite at zero terminal SNR, where this walk "
-     "starts; use ddim, ddpm, dpmpp_2m, euler, euler_ancestral, flow_euler, flow_heun"),
+     "starts; use ddim, ddpm, dpmpp_2m, dpmpp_3m (spacing=trailing), euler (spacing=trailing), euler_ancestral, "
+     "flow_euler, flow_heun, unipc"),
     (("train", "train.lr_decay=exp"), "train.lr_decay must be one of none, cosine, linear, got 'exp'"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, data_root, args, expected):

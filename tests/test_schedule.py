@@ -95,6 +95,22 @@ def test_karras_spacing_follows_eq5_in_sigma():
     torch.testing.assert_close(sig, expected, rtol=1e-9, atol=0)
 
 
+def test_logsnr_spacing_is_even_in_log_snr_between_the_tables_ends():
+    s = linear()
+    ts = s.timesteps(10, "logsnr")
+    assert ts[0] == 999 and ts[-2] == 0 and ts[-1] == -1
+    lam = s.log_snr(torch.tensor(ts[:-1], dtype=torch.float64))
+    steps = lam[1:] - lam[:-1]
+    torch.testing.assert_close(steps, torch.full_like(steps, steps.mean().item()), rtol=1e-9, atol=0)
+    assert steps.mean().item() == pytest.approx((s.log_snr(0) - s.log_snr(999)).item() / 9, rel=1e-9)
+
+
+def test_time_quadratic_spacing_is_deis_quadratic_time():
+    ts = linear().timesteps(5, "time_quadratic")
+    assert ts == [999.0, 999 * 0.75 ** 2, 999 * 0.5 ** 2, 999 * 0.25 ** 2, 0.0, -1]
+    assert linear().timesteps(1, "time_quadratic") == [999.0, -1]
+
+
 def test_fractional_timesteps_interpolate_and_invert():
     s = cosine()
     assert s.abar_at(torch.tensor(41.0)).item() == s.abar[41].item()  # integers stay exact
@@ -110,8 +126,9 @@ def test_zero_terminal_snr_rescale(family):
     assert plain.terminal_snr > 0 and zero.terminal_snr == 0  # Lin et al. 2024, Algorithm 1
     assert zero.abar[0].item() == pytest.approx(plain.abar[0].item(), rel=1e-12)
     assert (zero.abar[1:] < zero.abar[:-1]).all()
-    with pytest.raises(DiffuseError, match="zero terminal SNR"):
-        zero.timesteps(10, "karras")
+    for spacing in ("karras", "logsnr"):
+        with pytest.raises(DiffuseError, match=f"{spacing} spacing needs a finite largest noise level"):
+            zero.timesteps(10, spacing)
 
 
 def test_scaled_linear_and_sigmoid_follow_their_betas():
