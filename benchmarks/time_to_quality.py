@@ -162,7 +162,7 @@ def main() -> None:
             "train.sample_every=0", f"hydra.run.dir={d_run}"], out / "diffuse_train.log")
     d_samples = out / "diffuse_sample"
     if not (d_samples / "samples.npz").exists():
-        sh([*DIFFUSE, "sample", f"ckpt={d_run}", f"n={args.n}", f"steps={args.steps}", "batch_size=250",
+        sh([*DIFFUSE, "sample", f"ckpt={d_run}", "sampler=ddim", f"n={args.n}", f"steps={args.steps}", "batch_size=250",
             f"seed={args.seed}", "precision=auto", f"hydra.run.dir={d_samples}"], out / "diffuse_sample.log")
     runs.append(("diffuse mnist_cpu preset", args.diffuse_minutes, d_samples / "samples.npz", d_run, "diffuse_train"))
 
