@@ -5,15 +5,15 @@ work starts. Nodes become objects through diffuse.config; checkpoints through di
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from diffuse import DiffuseError, conf, config as nodes, distributed
+from diffuse import DiffuseError, config as nodes, distributed
 from diffuse import train_state
 from diffuse.checkpoint import LoadedModel, find_latest, load_checkpoint, load_model, metadata_config, objective_node
 from diffuse.checkpoint import LAST, resolve_checkpoint
@@ -29,7 +29,8 @@ from diffuse.generate import resolve_classes
 from diffuse.image_files import ImageSet, check_images, read_images
 from diffuse.models import check_network
 from diffuse.objectives import Objective
-from diffuse.samplers import InfiniteStart, Sampler
+from diffuse.sampler_choice import checked_sampler, chosen_node
+from diffuse.samplers import Sampler
 from diffuse.schedule import Schedule
 from diffuse.validate import seed as check_seed
 
@@ -111,31 +112,6 @@ def dataset_builder(node: dict, built: dict[str, ImageData] | None = None) -> Ca
     return reference
 
 
-def checked_sampler(node, schedule: Schedule, steps: int) -> Sampler:
-    """The sampler a node describes, its settings and steps checked against the schedule."""
-    sampler = nodes.sampler(node)
-    try:
-        sampler.check(schedule, steps)
-    except InfiniteStart as e:
-        folder = Path(conf.__file__).parent / "sampler"
-        able = [way for way in (serves(p, schedule, steps) for p in sorted(folder.glob("*.yaml"))) if way]
-        raise DiffuseError(f"{e}; use {', '.join(able)}") from None
-    return sampler
-
-
-def serves(path: Path, schedule: Schedule, steps: int) -> str | None:
-    """How the sampler YAML at `path` can walk `schedule`: its name (with its defaults), its name with
-    spacing=trailing (when only its default spacing refuses), or None."""
-    sampler = nodes.sampler(OmegaConf.load(path))
-    for spacing, name in ((sampler.spacing, path.stem), ("trailing", f"{path.stem} (spacing=trailing)")):
-        try:
-            replace(sampler, spacing=spacing).check(schedule, steps)
-            return name
-        except DiffuseError:
-            pass
-    return None
-
-
 def resumed(config: dict, ctx: Context) -> Resume | None:
     """With `resume=`, the checkpoint's training state; its model, schedule, objective, data set, optimizer and
     seed replace this command's (so that it continues exactly), while the `train.*` options stay this command's.
@@ -209,15 +185,10 @@ def build_train(cfg: DictConfig, ctx: Context, opts) -> TrainJob:
 
 def loaded_checkpoint(config: dict, steps: int, overrides: tuple[str, ...]) -> tuple[LoadedModel, Sampler,
                                                                                     list[int] | None]:
-    """ckpt=, weights=, sampler and labels of `diffuse sample` and `diffuse eval ckpt=`: the model, checked. The
-    sampler is the command's when it names one (sampler=NAME or sampler.KEY=VALUE), else the one the checkpoint's
-    run drew its grids with (a checkpoint that records none: the command's default)."""
+    """ckpt=, weights=, sampler (sampler_choice.chosen_node) and labels of `diffuse sample` and `diffuse eval
+    ckpt=`: the model, checked."""
     loaded = load_model(config["ckpt"], config["weights"])
-    node = config["sampler"]
-    named = any(o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == "sampler" for o in overrides)
-    if not named and isinstance(loaded.config.get("sampler"), dict):
-        node = loaded.config["sampler"]
-    sampler = checked_sampler(node, loaded.model.schedule, steps)
+    sampler = checked_sampler(chosen_node(config["sampler"], loaded.config, overrides), loaded.model.schedule, steps)
     network = loaded.model.network
     classes = resolve_classes(config.get("labels"), config.get("label"), network.conditional, network.num_classes)
     return loaded, sampler, classes
