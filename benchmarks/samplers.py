@@ -13,6 +13,12 @@ sweeps every deterministic sampler x every spacing x NFE on the mixture (exact e
 each sampler's default spacing and the best per NFE; the error is free of sampling noise (tests/exact.py ode_w1:
 N(0, 1)'s quantiles walked, against the mixture's). Writes benchmarks/results/spacings_exact.{json,md}.
 
+    python benchmarks/samplers.py --auto --nfe 5-50 --schedules linear,scaled_linear,cosine,sigmoid,edm,flow
+
+the same sweep at every NFE from 5 to 50 (n=1000 quantiles, as the test of the defaults), and for each sampler and
+schedule how far `spacing: auto` lands from the best spacing at its worst NFE, beside the fewest-piece rule the
+sweep supports (how the YAMLs' auto_spacing tables were made). Writes benchmarks/results/auto_spacing.{json,md}.
+
     python benchmarks/samplers.py --objectives [--nfe 5,10,20]
 
 does the same for every objective in conf/objective: the mixture's exact network under that objective's own
@@ -105,7 +111,7 @@ def objectives(nfes: list[int]) -> list[dict]:
     return rows
 
 
-def spacings(nfes: list[int], schedule_names: list[str]) -> list[dict]:
+def spacings(nfes: list[int], schedule_names: list[str], n: int = 2000) -> list[dict]:
     """Every sampler x every spacing x NFE on each schedule (eps read back exactly): the sweep behind the samplers'
     default spacings."""
     import dataclasses
@@ -128,14 +134,53 @@ def spacings(nfes: list[int], schedule_names: list[str]) -> list[dict]:
                 for nfe in nfes:
                     steps = steps_for_nfe(sampler, schedule, nfe)
                     row = {"schedule": schedule_name, "sampler": name, "spacing": spacing, "nfe": nfe, "steps": steps,
-                           "default": spacing == base.spacing}
+                           "default": spacing == base.spacing_for(schedule, steps)}
                     try:
-                        row["mixture_w1"] = float(f"{ode_w1(sampler, schedule, steps, MIXTURE):.3g}")
+                        row["mixture_w1"] = float(f"{ode_w1(sampler, schedule, steps, MIXTURE, n=n):.3g}")
                     except DiffuseError:
                         row["mixture_w1"] = "refused"
                     rows.append(row)
                     print(row, flush=True)
     return rows
+
+
+TOLERANCE, SLACK = 1.1, 2e-4  # as tests/test_samplers.py's test of the defaults: within 10% (or 2e-4) of the best
+PREFERRED = ("trailing", "time_quadratic", "logsnr", "leading", "linspace", "karras")  # among equals, the first
+
+
+def fitted_rule(rows: list[dict]) -> list:
+    """The rule with the fewest pieces whose spacing is within TOLERANCE of the best at every NFE of `rows` (one
+    sampler on one schedule): greedy over increasing steps, each piece as long as one spacing serves all of it."""
+    good: dict[int, set] = {}
+    for nfe in {r["nfe"] for r in rows}:
+        at = {r["spacing"]: r["mixture_w1"] for r in rows if r["nfe"] == nfe and r["mixture_w1"] != "refused"}
+        steps = next(r["steps"] for r in rows if r["nfe"] == nfe)
+        good[steps] = good.get(steps, set(PREFERRED)) & {s for s, w in at.items() if w <= TOLERANCE * min(at.values()) + SLACK}
+    rule, serving = [], None
+    for steps in sorted(good):
+        if serving is not None and serving & good[steps]:
+            serving &= good[steps]
+            continue
+        if serving is not None:
+            rule += [min(serving, key=PREFERRED.index), steps]
+        serving = set(good[steps])
+    return rule + [min(serving, key=PREFERRED.index)]
+
+
+def auto_report(rows: list[dict]) -> list[str]:
+    """Per schedule x sampler: how far `spacing: auto` (the YAML table) is from the best spacing at its worst NFE,
+    and the fewest-piece rule the sweep supports (what the YAML's auto_spacing entry should say)."""
+    lines = ["| schedule | sampler | auto's worst ratio to the best (NFE) | fitted rule |", "|---|---|---|---|"]
+    for schedule, sampler in dict.fromkeys((r["schedule"], r["sampler"]) for r in rows):
+        mine = [r for r in rows if r["schedule"] == schedule and r["sampler"] == sampler]
+        worst = (0.0, None)
+        for nfe in sorted({r["nfe"] for r in mine}):
+            at = {r["spacing"]: r for r in mine if r["nfe"] == nfe and r["mixture_w1"] != "refused"}
+            best = min(r["mixture_w1"] for r in at.values())
+            auto = next(r["mixture_w1"] for r in at.values() if r["default"])
+            worst = max(worst, (auto / best, nfe), key=lambda v: v[0])
+        lines.append(f"| {schedule} | {sampler} | {worst[0]:.3f} ({worst[1]}) | {fitted_rule(mine)} |")
+    return lines
 
 
 def main() -> None:
@@ -146,8 +191,22 @@ def main() -> None:
     ap.add_argument("--objectives", action="store_true", help="every objective x sampler (see above)")
     ap.add_argument("--spacings", action="store_true", help="every ODE sampler x spacing x NFE (see above)")
     ap.add_argument("--schedules", default="linear,cosine", help="--spacings: schedules in conf/schedule")
+    ap.add_argument("--auto", action="store_true", help="--spacings at every NFE of --nfe A-B, n=1000 (the test's), "
+                    "checking each sampler's auto_spacing table: results/auto_spacing.md")
     args = ap.parse_args()
-    nfes = [int(v) for v in args.nfe.split(",")]
+    lo, _, hi = args.nfe.partition("-")
+    nfes = list(range(int(lo), int(hi) + 1)) if hi else [int(v) for v in args.nfe.split(",")]
+    if args.auto:
+        rows = spacings(nfes, args.schedules.split(","), n=1000)
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python"] + sys.argv)}
+        OUT.mkdir(exist_ok=True)
+        (OUT / "auto_spacing.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        lines = [f"spacing: auto against the best spacing at each NFE ({meta['date']}; `{meta['command']}`); the "
+                 f"ratio of its mixture W1 to the best one's at its worst NFE (within {TOLERANCE} or {SLACK} of it "
+                 "passes), and the fewest-piece rule the sweep supports", "", *auto_report(rows)]
+        (OUT / "auto_spacing.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     if args.spacings:
         rows = spacings(nfes, args.schedules.split(","))
         meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python"] + sys.argv)}

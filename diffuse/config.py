@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffuse import DiffuseError
-from diffuse.samplers import Sampler
+from diffuse.samplers import AUTO, Sampler, auto_table
 from diffuse.schedule import SPACINGS
 from diffuse.validate import typed
 
@@ -81,7 +81,14 @@ def sampler(node: dict | DictConfig) -> Sampler:
     if "spacing" not in settings:
         raise DiffuseError(f"sampler {target} has no spacing; give one of {', '.join(SPACINGS)}")
     spacing = settings.pop("spacing")
-    return Sampler(locate(target, SAMPLERS), settings, spacing)
+    table = settings.pop("auto_spacing", None)
+    if spacing not in (*SPACINGS, AUTO):
+        raise DiffuseError(f"sampler {target}: unknown timestep spacing {spacing!r}; allowed: {AUTO}, {', '.join(SPACINGS)}")
+    auto = {} if table is None else auto_table(table, f"sampler {target}")
+    if spacing == AUTO and not auto:
+        raise DiffuseError(f"sampler {target}: spacing auto needs an auto_spacing table; give a spacing: "
+                           f"{', '.join(SPACINGS)}")
+    return Sampler(locate(target, SAMPLERS), settings, spacing, auto)
 
 
 def options(cls: type, node: dict | DictConfig, prefix: str = "", strict: bool = True) -> Any:

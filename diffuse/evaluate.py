@@ -83,7 +83,8 @@ def evaluate(job, opts: EvalOptions) -> Path:
         if labels is not None:
             record.update(labels=job.classes, guidance=opts.guidance)
         record.update(checkpoint=str(job.loaded.path), checkpoint_step=job.loaded.step, sampler=job.sampler.name,
-                      settings={**job.sampler.settings, "spacing": job.sampler.spacing}, steps=opts.steps,
+                      settings={**job.sampler.settings, "spacing": job.sampler.spacing},
+                      spacing=job.sampler.spacing_for(job.loaded.model.schedule, opts.steps), steps=opts.steps,
                       nfe=drawn.nfe_per_image, precision=drawn.precision, generate_seconds=round(drawn.seconds, 2))
         source = f"ckpt {job.loaded.path}"
     else:

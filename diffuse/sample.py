@@ -105,7 +105,8 @@ def sample(job, opts: SampleOptions) -> Path:
         (out / "trajectory.json").write_text(json.dumps({"rows": "per image: x_t, then predicted x0",
                                                          "timesteps": shown}, indent=2) + "\n")
     record = {"sampler": job.sampler.name, "settings": {**job.sampler.settings, "spacing": job.sampler.spacing},
-              "steps": opts.steps, "timesteps": drawn.timesteps, "labels": job.classes,
+              "spacing": job.sampler.spacing_for(model.schedule, opts.steps), "steps": opts.steps,
+              "timesteps": drawn.timesteps, "labels": job.classes,
               "guidance": opts.guidance if labels is not None else None, "nfe_per_image": drawn.nfe_per_image,
               "precision": drawn.precision, "checkpoint": str(job.loaded.path), "checkpoint_step": job.loaded.step,
               "options": asdict(opts), "wall_seconds": round(drawn.seconds, 3),

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from torch import Tensor
 
 from diffuse import DiffuseError
-from diffuse.schedule import Schedule
-from diffuse.validate import typed
+from diffuse.schedule import SPACINGS, Schedule
+from diffuse.validate import is_int, typed
 
 Denoiser = Callable[[Tensor, float], "tuple[Tensor, Tensor]"]  # (x_t (B,C,H,W), t) -> (eps, x0)
 RESERVED = ("denoiser", "schedule", "x_T", "ts", "generator", "on_step")  # not settings
+AUTO = "auto"  # spacing: auto walks the spacing the sampler's `auto_spacing` table names for the schedule and steps
+ANYWHERE = ("linspace", "leading", "trailing", "time_quadratic")  # spacings every schedule takes (even zero SNR)
+Rule = tuple  # (spacing,) or (spacing, N, spacing, M, spacing ...): the first below N steps, the next from N on
 
 
 class InfiniteStart(DiffuseError):
@@ -59,7 +62,8 @@ class Sampler:
 
     algorithm: Callable
     settings: dict[str, Any]
-    spacing: str  # the timestep spacing of its walks (see Schedule.timesteps)
+    spacing: str  # the timestep spacing of its walks (see Schedule.timesteps), or `auto`
+    auto_spacing: dict[str, Rule] = field(default_factory=dict)  # schedule name (or `other`) -> rule, for `auto`
 
     def __post_init__(self) -> None:
         if not isinstance(getattr(self.algorithm, "facts", None), Facts):
@@ -74,9 +78,27 @@ class Sampler:
     def facts(self) -> Facts:
         return self.algorithm.facts
 
+    def spacing_for(self, schedule: Schedule, steps: int) -> str:
+        """The spacing a walk of `steps` steps on `schedule` takes: the sampler's own, or for `auto` the one its
+        table names for this schedule (else for `other`) and step count. At zero terminal SNR, where only the
+        spacings in ANYWHERE can start, a table entry outside them gives way to `other` (always one of them)."""
+        if self.spacing != AUTO:
+            return self.spacing
+        if not self.auto_spacing:
+            raise DiffuseError(f"sampler {self.name} has spacing auto and no auto_spacing table; give a spacing: "
+                               f"{', '.join(SPACINGS)}")
+        rule = self.auto_spacing.get(schedule.name, self.auto_spacing["other"])
+        chosen = rule[0]
+        for i in range(1, len(rule), 2):
+            if steps >= rule[i]:
+                chosen = rule[i + 1]
+        if chosen not in ANYWHERE and schedule.terminal_snr == 0:
+            return self.auto_spacing["other"][0]
+        return chosen
+
     def timesteps(self, schedule: Schedule, steps: int) -> list[float]:
         """The walk for `steps` steps: strictly decreasing timesteps, then -1."""
-        return schedule.timesteps(steps, self.spacing)
+        return schedule.timesteps(steps, self.spacing_for(schedule, steps))
 
     def check(self, schedule: Schedule, steps: int) -> list[float]:
         """Every setting against the algorithm's signature, its types and its own check, and the timesteps for
@@ -100,3 +122,24 @@ class Sampler:
     def __call__(self, denoiser: Denoiser, schedule: Schedule, x_T: Tensor, ts: list[float], *, generator=None,
                  on_step: Callable[[int, int], None] | None = None) -> Tensor:
         return self.algorithm(denoiser, schedule, x_T, ts, generator=generator, on_step=on_step, **self.settings)
+
+
+def auto_table(table: Any, where: str) -> dict[str, Rule]:
+    """A sampler node's `auto_spacing`: schedule name -> a spacing, or [spacing, N, spacing, ...] (the first below N
+    steps, the next from N on; N increasing), with an `other` entry (a spacing every schedule takes) for the rest."""
+    if not isinstance(table, dict) or "other" not in table:
+        raise DiffuseError(f"{where}: auto_spacing must map schedule names to spacings, with an `other` entry; got "
+                           f"{table!r}")
+    out = {}
+    for name, rule in table.items():
+        rule = tuple(rule) if isinstance(rule, (list, tuple)) else (rule,)
+        spacings, bounds = rule[0::2], rule[1::2]
+        bad = [s for s in spacings if s not in SPACINGS]
+        if bad or len(rule) % 2 == 0 or not all(is_int(n) and n >= 2 for n in bounds) or list(bounds) != sorted(set(bounds)):
+            raise DiffuseError(f"{where}: auto_spacing.{name} must be a spacing ({', '.join(SPACINGS)}) or [spacing, "
+                               f"N, spacing, ...] with step counts N >= 2 increasing; got {list(rule)!r}")
+        out[str(name)] = rule
+    if len(out["other"]) != 1 or out["other"][0] not in ANYWHERE:
+        raise DiffuseError(f"{where}: auto_spacing.other must be one spacing that every schedule takes "
+                           f"({', '.join(ANYWHERE)}); got {list(out['other'])!r}")
+    return out
