@@ -169,6 +169,7 @@ class LoadedModel:
     step: int  # the training step it was saved at
     path: Path  # the resolved checkpoint file
     config: dict  # the resolved config it was trained with
+    weights: str = "ema"  # which of its weights: ema | raw
 
 
 def load_model(path: str | os.PathLike, weights: str = "ema") -> LoadedModel:
@@ -210,7 +211,7 @@ def load_model(path: str | os.PathLike, weights: str = "ema") -> LoadedModel:
     network = network.to_empty(device="cpu")
     load_weights(network, tensors, prefix, str(path))
     return LoadedModel(DiffusionModel(network.eval(), objective, schedule, shape), int(metadata["step"]), resolved,
-                       config)
+                       config, weights)
 
 
 def find_latest(runs_root: Path, experiment: str | None) -> Path:

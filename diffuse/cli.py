@@ -10,13 +10,15 @@ from omegaconf import OmegaConf
 
 SUBCOMMANDS = {"train": "train a model (conf/train.yaml)", "sample": "draw images from a checkpoint (conf/sample.yaml)",
                "eval": "score a checkpoint's samples or image files: FID, KID, precision/recall (conf/eval.yaml)",
+               "tune-steps": "search a checkpoint's few-step timesteps; writes walk.json (conf/tune-steps.yaml)",
                "report": "tables and a plot from a folder of eval runs (e.g. an eval multirun)"}
-USAGE = ("usage: diffuse {train,sample,eval} [KEY=VALUE ...] [-m] [--help] [--cfg job]\n"
+USAGE = ("usage: diffuse {train,sample,eval,tune-steps} [KEY=VALUE ...] [-m] [--help] [--cfg job]\n"
          "       diffuse report DIR [--metric fid] [--out DIR]\n\n"
          + "\n".join(f"  {k:<8} {v}" for k, v in SUBCOMMANDS.items())
          + "\n\nExamples:\n  diffuse train dataset=mnist\n  diffuse sample ckpt=outputs/train/<date>/<time> steps=50\n"
          "  diffuse train -m schedule=linear,cosine train.steps=20\n"
          "  diffuse eval ckpt=outputs/train/<date>/<time> n=10000\n"
+         "  diffuse tune-steps ckpt=<run> nfe=10 && diffuse sample ckpt=<run> schedule_file=<its walk.json> steps=<k>\n"
          "  diffuse eval -m ckpt=<run> sampler=ddim,dpmpp_2m steps=5,10,20,50 && diffuse report outputs/eval-multirun/<...>\n\n"
          "`diffuse SUBCOMMAND --help` lists the config groups and their options.")
 
@@ -87,7 +89,8 @@ def task(subcommand: str, full_error: bool):
 # subcommand -> (its options class, the config node that holds them, the job builder, the task)
 TASKS = {"train": ("diffuse.train:TrainOptions", "train", "build_train", "diffuse.train:train"),
          "sample": ("diffuse.sample:SampleOptions", None, "build_sample", "diffuse.sample:sample"),
-         "eval": ("diffuse.evaluate:EvalOptions", None, "build_eval", "diffuse.evaluate:evaluate")}
+         "eval": ("diffuse.evaluate:EvalOptions", None, "build_eval", "diffuse.evaluate:evaluate"),
+         "tune-steps": ("diffuse.tune_steps:TuneOptions", None, "build_tune", "diffuse.tune_steps:tune_steps")}
 
 
 def attribute(spec: str):

@@ -97,6 +97,22 @@ def resolve_classes(labels: Any, label: Any, conditional: bool, num_classes: int
 Observer = Callable[[float, Tensor, Tensor, Tensor], None]  # (t, x_t, eps, x0) after each network call
 
 
+def start_noise(shape: tuple[int, ...], seed: int, start: int, count: int,
+                device: torch.device) -> tuple[Tensor, list[torch.Generator]]:
+    """x_T of images start .. start+count-1, each from its own generator seeded by (seed, i): (count,C,H,W), and
+    the generators, which the sampler's fresh noise then draws from."""
+    gens = [torch.Generator(device).manual_seed(sample_seed(seed, i)) for i in range(start, start + count)]
+    return randn_like(torch.empty((count, *shape), device=device), gens), gens
+
+
+def model_denoiser(model: DiffusionModel, opts: GenerationOptions, labels: np.ndarray | None, precision: str,
+                   ) -> ModelDenoiser:
+    """The denoiser the samplers call, with the generation options' clipping and guidance; labels (B,) or None."""
+    return ModelDenoiser(model, labels=None if labels is None else torch.as_tensor(labels, dtype=torch.long),
+                         precision=precision, clip_x0=opts.clip_x0, threshold=opts.dynamic_threshold,
+                         guidance=opts.guidance, guidance_rescale=opts.guidance_rescale)
+
+
 def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, device: torch.device,
              classes: list[int] | None = None, *, on_step: Callable[[int], None] | None = None,
              observe: Observer | None = None, world: World = World()) -> Generated | None:
@@ -112,12 +128,8 @@ def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, d
     t0 = time.perf_counter()
     for start in range(mine.start, mine.stop, opts.batch_size):
         b = min(opts.batch_size, mine.stop - start)
-        gens = [torch.Generator(device).manual_seed(sample_seed(opts.seed, i)) for i in range(start, start + b)]
-        x_T = randn_like(torch.empty((b, *model.shape), device=device), gens)  # (b,C,H,W)
-        batch_labels = None if labels is None else torch.as_tensor(labels[start:start + b], dtype=torch.long)
-        denoiser = ModelDenoiser(model, labels=batch_labels, precision=precision, clip_x0=opts.clip_x0,
-                                 threshold=opts.dynamic_threshold, guidance=opts.guidance,
-                                 guidance_rescale=opts.guidance_rescale)
+        x_T, gens = start_noise(model.shape, opts.seed, start, b, device)  # (b,C,H,W)
+        denoiser = model_denoiser(model, opts, None if labels is None else labels[start:start + b], precision)
 
         def counted(x_t: Tensor, t: float, denoiser: ModelDenoiser = denoiser) -> tuple[Tensor, Tensor]:
             nonlocal evaluations

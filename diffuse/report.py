@@ -12,8 +12,9 @@ from pathlib import Path
 
 from diffuse import DiffuseError
 
-COLUMNS = ("sampler", "steps", "nfe", "n", "guidance", "checkpoint_step", "fid", "kid", "precision", "recall",
-           "classifier_score", "class_coverage", "conditional_accuracy", "floor_fid", "generate_seconds", "run")
+COLUMNS = ("sampler", "spacing", "steps", "nfe", "n", "guidance", "checkpoint_step", "fid", "kid", "precision",
+           "recall", "classifier_score", "class_coverage", "conditional_accuracy", "floor_fid", "generate_seconds", "run")
+METRICS = ("fid", "kid", "precision", "recall", "classifier_score", "class_coverage", "conditional_accuracy")
 LOWER_IS_BETTER = {"fid", "kid", "class_tv"}
 
 
@@ -29,7 +30,8 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
             sampler = record.get("sampler", "samples")
             if settings.get("eta"):
                 sampler += f" eta={settings['eta']}"
-            rows.append({"sampler": sampler, "steps": record.get("steps"), "nfe": record.get("nfe"),
+            spacing = "tuned" if record.get("spacing") == "tuned" else settings.get("spacing")  # auto: its setting
+            rows.append({"sampler": sampler, "spacing": spacing, "steps": record.get("steps"), "nfe": record.get("nfe"),
                          "n": record.get("n"), "guidance": (record.get("options") or {}).get("guidance"),
                          "checkpoint_step": record.get("checkpoint_step"), **{k: m.get(k) for k in COLUMNS if k in m},
                          "floor_fid": floor.get("fid"), "generate_seconds": record.get("generate_seconds"),
@@ -72,7 +74,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def plot(rows: list[dict], path: Path, metric: str) -> bool:
-    """`metric` against NFE (log axis), one line per sampler; the floor as a dashed line. False if nothing to plot."""
+    """`metric` against NFE (log axis), one line per sampler and spacing; the floor as a dashed line. False if
+    nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,7 +84,8 @@ def plot(rows: list[dict], path: Path, metric: str) -> bool:
     lines: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         if isinstance(r.get("nfe"), (int, float)) and isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]):
-            lines.setdefault(r["sampler"], []).append((r["nfe"], r[metric]))
+            label = r["sampler"] + (f" ({r['spacing']})" if r.get("spacing") else "")
+            lines.setdefault(label, []).append((r["nfe"], r[metric]))
     if not lines:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -115,8 +119,8 @@ def report(root: str | Path, metric: str = "fid", out: str | Path | None = None)
     if not rows:
         raise DiffuseError(f"no readable metrics.json under {root}" + (f" ({len(skipped)} unreadable)" if skipped else
                            "; run `diffuse eval` (or `diffuse eval -m ...`) into it first"))
-    if metric not in COLUMNS[6:13]:
-        raise DiffuseError(f"--metric {metric!r} is not reported; allowed: {', '.join(COLUMNS[6:13])}")
+    if metric not in METRICS:
+        raise DiffuseError(f"--metric {metric!r} is not reported; allowed: {', '.join(METRICS)}")
     out_dir = Path(out).expanduser() if out else root
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "report.md", out_dir / "report.csv"]

@@ -21,6 +21,7 @@ from diffuse.config import DATASETS, MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, 
 from diffuse.data import ImageData
 from diffuse.distributed import World
 from diffuse.denoiser import DiffusionModel
+from diffuse.features.cache import sha256
 from diffuse.features.extractors import choose_features
 from diffuse.features.inception import FEATURES as INCEPTION_FEATURES
 from diffuse.features.inception_weights import locate_weights
@@ -29,10 +30,11 @@ from diffuse.generate import resolve_classes
 from diffuse.image_files import ImageSet, check_images, read_images
 from diffuse.models import check_network
 from diffuse.objectives import Objective
-from diffuse.sampler_choice import checked_sampler, chosen_node
+from diffuse.sampler_choice import checked_sampler, chosen_node, names_sampler
 from diffuse.samplers import Sampler
 from diffuse.schedule import Schedule
 from diffuse.validate import seed as check_seed
+from diffuse.walk_file import WalkFile, read_walk_file
 
 
 @dataclass(frozen=True)
@@ -185,13 +187,31 @@ def build_train(cfg: DictConfig, ctx: Context, opts) -> TrainJob:
 
 def loaded_checkpoint(config: dict, steps: int, overrides: tuple[str, ...]) -> tuple[LoadedModel, Sampler,
                                                                                     list[int] | None]:
-    """ckpt=, weights=, sampler (sampler_choice.chosen_node) and labels of `diffuse sample` and `diffuse eval
-    ckpt=`: the model, checked."""
+    """ckpt=, weights=, sampler (sampler_choice.chosen_node, or a schedule file's), schedule_file= and labels of
+    `diffuse sample`, `diffuse eval ckpt=` and `diffuse tune-steps`: the model, checked."""
     loaded = load_model(config["ckpt"], config["weights"])
-    sampler = checked_sampler(chosen_node(config["sampler"], loaded.config, overrides), loaded.model.schedule, steps)
+    node = chosen_node(config["sampler"], loaded.config, overrides)
+    walk = None
+    if config.get("schedule_file") is not None:
+        walk = tuned_walk(Path(str(config["schedule_file"])).expanduser(), loaded)
+        if names_sampler(overrides):
+            raise DiffuseError(f"schedule_file={config['schedule_file']} walks with the sampler it was tuned for "
+                               f"({walk.sampler.get('_target_')}); leave sampler out, or tune a walk for that sampler")
+        node = walk.sampler
+    sampler = checked_sampler(node, loaded.model.schedule, steps, None if walk is None else tuple(walk.timesteps))
     network = loaded.model.network
     classes = resolve_classes(config.get("labels"), config.get("label"), network.conditional, network.num_classes)
     return loaded, sampler, classes
+
+
+def tuned_walk(path: Path, loaded: LoadedModel) -> WalkFile:
+    """A schedule file, read and held to the checkpoint file and weights it was tuned for."""
+    walk = read_walk_file(path, loaded.model.schedule.T)
+    if walk.checkpoint_sha256 != sha256(loaded.path) or walk.weights != loaded.weights:
+        raise DiffuseError(f"schedule_file={path} was tuned for {walk.checkpoint} ({walk.weights} weights), not for "
+                           f"{loaded.path} ({loaded.weights} weights): tune one with diffuse tune-steps "
+                           f"ckpt={loaded.path}")
+    return walk
 
 
 def build_sample(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
@@ -200,6 +220,24 @@ def build_sample(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
         raise DiffuseError("ckpt is required: ckpt=PATH to a .safetensors checkpoint or a training run directory")
     device = distributed.device(ctx.world, nodes.device(config["device"]))
     loaded, sampler, classes = loaded_checkpoint(config, opts.steps, ctx.overrides)
+    loaded.model.network.to(device)
+    return SampleJob(ctx.world, loaded, sampler, classes, device, ctx.out_dir)
+
+
+def build_tune(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
+    """`diffuse tune-steps`: the checkpoint and a deterministic sampler that fits nfe= with at least 2 steps."""
+    config = nodes.plain(cfg)
+    if config.get("ckpt") is None:
+        raise DiffuseError("ckpt is required: ckpt=PATH to a .safetensors checkpoint or a training run directory")
+    if config.get("schedule_file") is not None:
+        raise DiffuseError("schedule_file= is what tune-steps writes; it starts from the sampler's spacing")
+    device = distributed.device(ctx.world, nodes.device(config["device"]))
+    loaded, sampler, classes = loaded_checkpoint(config, opts.steps, ctx.overrides)
+    if sampler.facts.order is None:
+        raise DiffuseError(f"sampler {sampler.name} draws fresh noise along its walk; tune-steps needs a deterministic "
+                           f"one (its walks from one noise must agree), e.g. ddim, dpmpp_2m, unipc")
+    steps = opts.steps_for(sampler)
+    sampler.check(loaded.model.schedule, steps)
     loaded.model.network.to(device)
     return SampleJob(ctx.world, loaded, sampler, classes, device, ctx.out_dir)
 

@@ -16,14 +16,19 @@ from diffuse.schedule import Schedule
 def chosen_node(command_node: dict, checkpoint_config: dict, overrides: tuple[str, ...]) -> dict:
     """The command's sampler node when it names one (sampler=NAME or sampler.KEY=VALUE), else the one the
     checkpoint's run drew its grids with (a checkpoint that records none: the command's default)."""
-    named = any(o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == "sampler" for o in overrides)
     recorded = checkpoint_config.get("sampler")
-    return recorded if not named and isinstance(recorded, dict) else command_node
+    return recorded if not names_sampler(overrides) and isinstance(recorded, dict) else command_node
 
 
-def checked_sampler(node, schedule: Schedule, steps: int) -> Sampler:
-    """The sampler a node describes, its settings and steps checked against the schedule."""
-    sampler = nodes.sampler(node)
+def names_sampler(overrides: tuple[str, ...]) -> bool:
+    """Whether the command line names a sampler (sampler=NAME or sampler.KEY=VALUE)."""
+    return any(o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == "sampler" for o in overrides)
+
+
+def checked_sampler(node, schedule: Schedule, steps: int, walk: tuple[float, ...] | None = None) -> Sampler:
+    """The sampler a node describes (walking `walk`, tuned timesteps, when given), its settings and steps checked
+    against the schedule."""
+    sampler = replace(nodes.sampler(node), walk=walk)
     try:
         sampler.check(schedule, steps)
     except InfiniteStart as e:

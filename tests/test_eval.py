@@ -77,6 +77,7 @@ def test_report_over_an_eval_multirun(trained, eval_cache, tmp_path):
     proc = run_cli("report", str(tmp_path / "sweep"), cwd=tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "report.csv")))
     assert sorted((r["sampler"], int(r["nfe"])) for r in rows) == [("ddim", 2), ("ddim", 4), ("euler", 2), ("euler", 4)]
+    assert {(r["sampler"], r["spacing"]) for r in rows} == {("ddim", "trailing"), ("euler", "karras")}
     assert all(float(r["fid"]) > 0 for r in rows)
     md = (tmp_path / "sweep" / "report.md").read_text()
     assert md.count("\n| ddim") == 2 and "Best fid" in md

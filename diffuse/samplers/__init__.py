@@ -64,6 +64,7 @@ class Sampler:
     settings: dict[str, Any]
     spacing: str  # the timestep spacing of its walks (see Schedule.timesteps), or `auto`
     auto_spacing: dict[str, Rule] = field(default_factory=dict)  # schedule name (or `other`) -> rule, for `auto`
+    walk: tuple[float, ...] | None = None  # tuned timesteps (diffuse tune-steps), walked instead of a spacing's
 
     def __post_init__(self) -> None:
         if not isinstance(getattr(self.algorithm, "facts", None), Facts):
@@ -79,9 +80,12 @@ class Sampler:
         return self.algorithm.facts
 
     def spacing_for(self, schedule: Schedule, steps: int) -> str:
-        """The spacing a walk of `steps` steps on `schedule` takes: the sampler's own, or for `auto` the one its
-        table names for this schedule (else for `other`) and step count. At zero terminal SNR, where only the
-        spacings in ANYWHERE can start, a table entry outside them gives way to `other` (always one of them)."""
+        """The spacing a walk of `steps` steps on `schedule` takes (`tuned` for a schedule file's walk): the
+        sampler's own, or for `auto` the one its table names for this schedule (else for `other`) and step count.
+        At zero terminal SNR, where only the spacings in ANYWHERE can start, a table entry outside them gives way
+        to `other` (always one of them)."""
+        if self.walk is not None:
+            return "tuned"
         if self.spacing != AUTO:
             return self.spacing
         if not self.auto_spacing:
@@ -97,7 +101,12 @@ class Sampler:
         return chosen
 
     def timesteps(self, schedule: Schedule, steps: int) -> list[float]:
-        """The walk for `steps` steps: strictly decreasing timesteps, then -1."""
+        """The walk for `steps` steps: strictly decreasing timesteps, then -1 (a tuned walk's, when given)."""
+        if self.walk is not None:
+            if steps != len(self.walk) - 1:
+                raise DiffuseError(f"the schedule file's walk has {len(self.walk) - 1} steps, and steps={steps}: pass "
+                                   f"steps={len(self.walk) - 1}")
+            return list(self.walk)
         return schedule.timesteps(steps, self.spacing_for(schedule, steps))
 
     def check(self, schedule: Schedule, steps: int) -> list[float]:

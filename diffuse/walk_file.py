@@ -1,0 +1,57 @@
+"""The file `diffuse tune-steps` writes and `schedule_file=` reads: the timesteps of a walk tuned for one checkpoint
+file (its SHA-256), its weights, one sampler node and one step count; read back with every field checked."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from diffuse import DiffuseError
+from diffuse.validate import is_int
+
+FORMAT = "diffuse-walk/1"
+
+
+@dataclass(frozen=True)
+class WalkFile:
+    checkpoint: str  # the checkpoint file it was tuned on
+    checkpoint_sha256: str
+    weights: str  # ema | raw
+    sampler: dict  # the sampler node it walks with
+    steps: int
+    nfe: int  # network evaluations per image of the walk
+    timesteps: list[float]  # steps strictly decreasing timesteps, then -1
+    record: dict  # how it was found (start spacing, losses, reference steps, images), for people
+
+
+def write_walk_file(walk: WalkFile, path: Path) -> None:
+    path.write_text(json.dumps({"format": FORMAT, **asdict(walk)}, indent=2) + "\n")
+
+
+def read_walk_file(path: Path, T: int) -> WalkFile:
+    """A walk file, checked: its format, fields and types, and timesteps that a schedule of T steps can walk."""
+    where = f"schedule_file={path}"
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DiffuseError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DiffuseError(f"{where}: not a walk file from diffuse tune-steps ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise DiffuseError(f"{where}: not a walk file from diffuse tune-steps (format {FORMAT} expected)")
+    fields = {k: raw.get(k) for k in WalkFile.__dataclass_fields__}
+    kinds = {"checkpoint": str, "checkpoint_sha256": str, "weights": str, "sampler": dict, "steps": int, "nfe": int,
+             "timesteps": list, "record": dict}
+    for key, kind in kinds.items():
+        value = fields[key]
+        if not (is_int(value) if kind is int else isinstance(value, kind)):
+            raise DiffuseError(f"{where}: field {key!r} must be a {kind.__name__}, got {value!r}")
+    ts = fields["timesteps"]
+    numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in ts)
+    if (not numbers or len(ts) != fields["steps"] + 1 or ts[-1] != -1 or not 0 <= ts[-2] <= ts[0] <= T - 1
+            or any(a <= b for a, b in zip(ts, ts[1:]))):
+        raise DiffuseError(f"{where}: its timesteps must be {fields['steps']} strictly decreasing values in "
+                           f"0..{T - 1} followed by -1, got {ts}")
+    return WalkFile(**{**fields, "timesteps": [float(t) for t in ts]})
