@@ -312,3 +312,20 @@ def test_unipc_bh1_refuses_zero_terminal_snr_and_heun_refuses_an_infinite_start(
     with pytest.raises(DiffuseError, match="infinite at zero terminal SNR"):
         heun(point_mass_denoiser(0.0, schedule), schedule, torch.zeros(1, 1, 2, 2), schedule.timesteps(5))
     assert math.isfinite(sampler_from_yaml("heun").check(linear(), 5)[0])
+
+
+def test_a_yaml_auto_spacing_table_is_built_and_bad_ones_are_refused_in_one_line():
+    from diffuse.config import sampler as from_node
+
+    node = {"_target_": "diffuse.samplers.ddim.ddim", "eta": 0.0, "spacing": "auto"}
+    built = from_node({**node, "auto_spacing": {"linear": ["karras", 6, "logsnr"], "other": "trailing"}})
+    assert [built.spacing_for(linear(), k) for k in (5, 6)] == ["karras", "logsnr"]
+    assert built.spacing_for(cosine(), 5) == "trailing" and built.settings == {"eta": 0.0}
+    for table, expected in (({"linear": "karras"}, "with an `other` entry"),
+                            ({"linear": "uniform", "other": "trailing"}, "auto_spacing.linear must be a spacing"),
+                            ({"linear": ["karras", 9, "logsnr", 6, "trailing"], "other": "trailing"}, "increasing"),
+                            ({"linear": ["karras", 6], "other": "trailing"}, "auto_spacing.linear must be"),
+                            ({"other": "karras"}, "auto_spacing.other must be one spacing that every schedule takes"),
+                            (None, "spacing auto needs an auto_spacing table")):
+        with pytest.raises(DiffuseError, match=expected.replace("`", ".").replace("(", ".")):
+            from_node({**node, **({} if table is None else {"auto_spacing": table})})
