@@ -15,13 +15,11 @@ from torch import nn
 
 from diffuse import DiffuseError, config as nodes, distributed
 from diffuse import train_state
-from diffuse.checkpoint import LoadedModel, find_latest, load_checkpoint, load_model, metadata_config, objective_node
-from diffuse.checkpoint import LAST, resolve_checkpoint
+from diffuse.checkpoint import LoadedModel, load_model
 from diffuse.config import DATASETS, MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, build
 from diffuse.data import ImageData
 from diffuse.distributed import World
 from diffuse.denoiser import DiffusionModel
-from diffuse.features.cache import sha256
 from diffuse.features.extractors import choose_features
 from diffuse.features.inception import FEATURES as INCEPTION_FEATURES
 from diffuse.features.inception_weights import locate_weights
@@ -34,7 +32,7 @@ from diffuse.sampler_choice import checked_sampler, chosen_node, names_sampler
 from diffuse.samplers import Sampler
 from diffuse.schedule import Schedule
 from diffuse.validate import seed as check_seed
-from diffuse.walk_file import WalkFile, read_walk_file
+from diffuse.walk_file import read_walk_file
 
 
 @dataclass(frozen=True)
@@ -46,13 +44,6 @@ class Context:
     experiment: str | None = None
     overrides: tuple[str, ...] = ()
     world: World = World()
-
-
-@dataclass(eq=False)
-class Resume:
-    tensors: dict  # the checkpoint's tensors: weights, EMA, optimizer moments, RNG states
-    state: dict  # its training state: step, data position, optimizer groups
-    source: str  # the checkpoint file
 
 
 @dataclass(eq=False)
@@ -68,7 +59,7 @@ class TrainJob:
     config: dict  # the resolved config, recorded in every checkpoint
     reference: Callable[[str], ImageData]  # split -> real data, for train.eval_every
     cache_dir: Path  # where the evaluation caches its classifier and features
-    resume: Resume | None = None
+    resume: train_state.Resume | None = None
     resume_command: str = ""  # the command line that continues this run
 
 
@@ -114,28 +105,6 @@ def dataset_builder(node: dict, built: dict[str, ImageData] | None = None) -> Ca
     return reference
 
 
-def resumed(config: dict, ctx: Context) -> Resume | None:
-    """With `resume=`, the checkpoint's training state; its model, schedule, objective, data set, optimizer and
-    seed replace this command's (so that it continues exactly), while the `train.*` options stay this command's.
-    `resume=auto` continues this run's own folder when it holds a checkpoint (a rerun of the same command, a
-    requeued cluster job) and starts afresh when it does not."""
-    given = config.get("resume")
-    own = ctx.out_dir / "checkpoints" / LAST
-    if not given or (given == "auto" and not own.is_file()):
-        return None
-    source = (own if given == "auto" else find_latest(Path("outputs"), ctx.experiment) if given == "latest"
-              else resolve_checkpoint(given))
-    tensors, metadata = load_checkpoint(source)
-    state = Resume(tensors, train_state.decode(metadata, str(given)), str(source))
-    trained = metadata_config(metadata)
-    trained["objective"] = objective_node(trained, metadata)
-    config.pop("parameterization", None)
-    for key in ("model", "schedule", "dataset", "optimizer", "objective", "seed", "experiment"):
-        if key in trained:
-            config[key] = trained[key]
-    return state
-
-
 def train_network(config: dict, data: ImageData) -> nn.Module:
     """The network of config["model"]; a conditional one takes its class count from the data set (recorded)."""
     node = dict(config["model"])
@@ -157,7 +126,7 @@ def build_train(cfg: DictConfig, ctx: Context, opts) -> TrainJob:
                            f"evenly over the {world.size} ranks: use a multiple of {world.size}")
     if opts.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise DiffuseError("train.tensorboard=true needs the tensorboard package: pip install 'diffuse[tensorboard]'")
-    resume = resumed(config, ctx)
+    resume = train_state.resumed(config, ctx.out_dir, ctx.experiment)
     torch.manual_seed(check_seed(config["seed"]))  # weight init and dropout
     device = distributed.device(world, nodes.device(config["device"]))
     schedule = build(config["schedule"], SCHEDULES, Schedule)
@@ -193,7 +162,7 @@ def loaded_checkpoint(config: dict, steps: int, overrides: tuple[str, ...]) -> t
     node = chosen_node(config["sampler"], loaded.config, overrides)
     walk = None
     if config.get("schedule_file") is not None:
-        walk = tuned_walk(Path(str(config["schedule_file"])).expanduser(), loaded)
+        walk = read_walk_file(Path(str(config["schedule_file"])).expanduser(), loaded)
         if names_sampler(overrides):
             raise DiffuseError(f"schedule_file={config['schedule_file']} walks with the sampler it was tuned for "
                                f"({walk.sampler.get('_target_')}); leave sampler out, or tune a walk for that sampler")
@@ -204,42 +173,31 @@ def loaded_checkpoint(config: dict, steps: int, overrides: tuple[str, ...]) -> t
     return loaded, sampler, classes
 
 
-def tuned_walk(path: Path, loaded: LoadedModel) -> WalkFile:
-    """A schedule file, read and held to the checkpoint file and weights it was tuned for."""
-    walk = read_walk_file(path, loaded.model.schedule.T)
-    if walk.checkpoint_sha256 != sha256(loaded.path) or walk.weights != loaded.weights:
-        raise DiffuseError(f"schedule_file={path} was tuned for {walk.checkpoint} ({walk.weights} weights), not for "
-                           f"{loaded.path} ({loaded.weights} weights): tune one with diffuse tune-steps "
-                           f"ckpt={loaded.path}")
-    return walk
-
-
-def build_sample(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
-    config = nodes.plain(cfg)
+def checkpoint_job(config: dict, ctx: Context, steps: int) -> SampleJob:
+    """ckpt= (required), the device and `loaded_checkpoint`, the network moved: `diffuse sample`'s job."""
     if config.get("ckpt") is None:
         raise DiffuseError("ckpt is required: ckpt=PATH to a .safetensors checkpoint or a training run directory")
     device = distributed.device(ctx.world, nodes.device(config["device"]))
-    loaded, sampler, classes = loaded_checkpoint(config, opts.steps, ctx.overrides)
+    loaded, sampler, classes = loaded_checkpoint(config, steps, ctx.overrides)
     loaded.model.network.to(device)
     return SampleJob(ctx.world, loaded, sampler, classes, device, ctx.out_dir)
+
+
+def build_sample(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
+    return checkpoint_job(nodes.plain(cfg), ctx, opts.steps)
 
 
 def build_tune(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
     """`diffuse tune-steps`: the checkpoint and a deterministic sampler that fits nfe= with at least 2 steps."""
     config = nodes.plain(cfg)
-    if config.get("ckpt") is None:
-        raise DiffuseError("ckpt is required: ckpt=PATH to a .safetensors checkpoint or a training run directory")
-    if config.get("schedule_file") is not None:
+    if config.get("ckpt") is not None and config.get("schedule_file") is not None:
         raise DiffuseError("schedule_file= is what tune-steps writes; it starts from the sampler's spacing")
-    device = distributed.device(ctx.world, nodes.device(config["device"]))
-    loaded, sampler, classes = loaded_checkpoint(config, opts.steps, ctx.overrides)
-    if sampler.facts.order is None:
-        raise DiffuseError(f"sampler {sampler.name} draws fresh noise along its walk; tune-steps needs a deterministic "
-                           f"one (its walks from one noise must agree), e.g. ddim, dpmpp_2m, unipc")
-    steps = opts.steps_for(sampler)
-    sampler.check(loaded.model.schedule, steps)
-    loaded.model.network.to(device)
-    return SampleJob(ctx.world, loaded, sampler, classes, device, ctx.out_dir)
+    job = checkpoint_job(config, ctx, opts.steps)
+    if job.sampler.facts.order is None:
+        raise DiffuseError(f"sampler {job.sampler.name} draws fresh noise along its walk; tune-steps needs a "
+                           f"deterministic one (its walks from one noise must agree), e.g. ddim, dpmpp_2m, unipc")
+    job.sampler.check(job.loaded.model.schedule, opts.steps_for(job.sampler))
+    return job
 
 
 def reference_node(config: dict, loaded: LoadedModel | None, why: str) -> dict:

@@ -4,11 +4,14 @@ data order, and the world size that wrote it."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from diffuse import DiffuseError
+from diffuse.checkpoint import LAST, find_latest, load_checkpoint, metadata_config, objective_node, resolve_checkpoint
 from diffuse.distributed import World
 
 STATE_KEY = "train_state"  # the metadata entry that holds the JSON part
@@ -102,4 +105,33 @@ def decode(metadata: dict[str, str], source: str) -> dict:
             raise TypeError("end is not an int >= step")
     except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise DiffuseError(f"resume={source}: damaged training state ({e})") from None
+    return state
+
+
+@dataclass(eq=False)
+class Resume:
+    tensors: dict  # the checkpoint's tensors: weights, EMA, optimizer moments, RNG states
+    state: dict  # its training state: step, data position, optimizer groups
+    source: str  # the checkpoint file
+
+
+def resumed(config: dict, out_dir: Path, experiment: str | None) -> Resume | None:
+    """With `resume=`, the checkpoint's training state; its model, schedule, objective, data set, optimizer and
+    seed replace this command's (so that it continues exactly), while the `train.*` options stay this command's.
+    `resume=auto` continues this run's own folder when it holds a checkpoint (a rerun of the same command, a
+    requeued cluster job) and starts afresh when it does not."""
+    given = config.get("resume")
+    own = out_dir / "checkpoints" / LAST
+    if not given or (given == "auto" and not own.is_file()):
+        return None
+    source = (own if given == "auto" else find_latest(Path("outputs"), experiment) if given == "latest"
+              else resolve_checkpoint(given))
+    tensors, metadata = load_checkpoint(source)
+    state = Resume(tensors, decode(metadata, str(given)), str(source))
+    trained = metadata_config(metadata)
+    trained["objective"] = objective_node(trained, metadata)
+    config.pop("parameterization", None)
+    for key in ("model", "schedule", "dataset", "optimizer", "objective", "seed", "experiment"):
+        if key in trained:
+            config[key] = trained[key]
     return state

@@ -7,9 +7,14 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffuse import DiffuseError
+from diffuse.features.cache import sha256
 from diffuse.validate import is_int
+
+if TYPE_CHECKING:
+    from diffuse.checkpoint import LoadedModel
 
 FORMAT = "diffuse-walk/1"
 
@@ -30,8 +35,10 @@ def write_walk_file(walk: WalkFile, path: Path) -> None:
     path.write_text(json.dumps({"format": FORMAT, **asdict(walk)}, indent=2) + "\n")
 
 
-def read_walk_file(path: Path, T: int) -> WalkFile:
-    """A walk file, checked: its format, fields and types, and timesteps that a schedule of T steps can walk."""
+def read_walk_file(path: Path, loaded: LoadedModel) -> WalkFile:
+    """A walk file, checked: its format, fields and types, timesteps that the model's schedule can walk, and held
+    to the checkpoint file (SHA-256) and weights it was tuned for."""
+    T = loaded.model.schedule.T
     where = f"schedule_file={path}"
     try:
         raw = json.loads(Path(path).read_text())
@@ -54,4 +61,8 @@ def read_walk_file(path: Path, T: int) -> WalkFile:
             or any(a <= b for a, b in zip(ts, ts[1:]))):
         raise DiffuseError(f"{where}: its timesteps must be {fields['steps']} strictly decreasing values in "
                            f"0..{T - 1} followed by -1, got {ts}")
+    if fields["checkpoint_sha256"] != sha256(loaded.path) or fields["weights"] != loaded.weights:
+        raise DiffuseError(f"{where} was tuned for {fields['checkpoint']} ({fields['weights']} weights), not for "
+                           f"{loaded.path} ({loaded.weights} weights): tune one with diffuse tune-steps "
+                           f"ckpt={loaded.path}")
     return WalkFile(**{**fields, "timesteps": [float(t) for t in ts]})
