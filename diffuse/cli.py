@@ -11,14 +11,16 @@ from omegaconf import OmegaConf
 SUBCOMMANDS = {"train": "train a model (conf/train.yaml)", "sample": "draw images from a checkpoint (conf/sample.yaml)",
                "eval": "score a checkpoint's samples or image files: FID, KID, precision/recall (conf/eval.yaml)",
                "tune-steps": "search a checkpoint's few-step timesteps; writes walk.json (conf/tune-steps.yaml)",
+               "distill": "distil a checkpoint into students of 1-N steps, progressively (conf/distill.yaml)",
                "report": "tables and a plot from a folder of eval runs (e.g. an eval multirun)"}
-USAGE = ("usage: diffuse {train,sample,eval,tune-steps} [KEY=VALUE ...] [-m] [--help] [--cfg job]\n"
+USAGE = ("usage: diffuse {train,sample,eval,tune-steps,distill} [KEY=VALUE ...] [-m] [--help] [--cfg job]\n"
          "       diffuse report DIR [--metric fid] [--out DIR]\n\n"
          + "\n".join(f"  {k:<8} {v}" for k, v in SUBCOMMANDS.items())
          + "\n\nExamples:\n  diffuse train dataset=mnist\n  diffuse sample ckpt=outputs/train/<date>/<time> steps=50\n"
          "  diffuse train -m schedule=linear,cosine train.steps=20\n"
          "  diffuse eval ckpt=outputs/train/<date>/<time> n=10000\n"
          "  diffuse tune-steps ckpt=<run> nfe=10 && diffuse sample ckpt=<run> schedule_file=<its walk.json> steps=<k>\n"
+         "  diffuse distill ckpt=<run> student_steps=1 && diffuse sample ckpt=<its folder>/steps_2 steps=2\n"
          "  diffuse eval -m ckpt=<run> sampler=ddim,dpmpp_2m steps=5,10,20,50 && diffuse report outputs/eval-multirun/<...>\n\n"
          "`diffuse SUBCOMMAND --help` lists the config groups and their options.")
 
@@ -86,11 +88,12 @@ def task(subcommand: str, full_error: bool):
     return run_task
 
 
-# subcommand -> (its options class, the config node that holds them, the job builder, the task)
-TASKS = {"train": ("diffuse.train:TrainOptions", "train", "build_train", "diffuse.train:train"),
-         "sample": ("diffuse.sample:SampleOptions", None, "build_sample", "diffuse.sample:sample"),
-         "eval": ("diffuse.evaluate:EvalOptions", None, "build_eval", "diffuse.evaluate:evaluate"),
-         "tune-steps": ("diffuse.tune_steps:TuneOptions", None, "build_tune", "diffuse.tune_steps:tune_steps")}
+# subcommand -> (its options class, the config node that holds them, its job builder, its task)
+TASKS = {"train": ("diffuse.train:TrainOptions", "train", "diffuse.run:build_train", "diffuse.train:train"),
+         "sample": ("diffuse.sample:SampleOptions", None, "diffuse.run:build_sample", "diffuse.sample:sample"),
+         "eval": ("diffuse.evaluate:EvalOptions", None, "diffuse.run:build_eval", "diffuse.evaluate:evaluate"),
+         "tune-steps": ("diffuse.tune_steps:TuneOptions", None, "diffuse.run:build_tune", "diffuse.tune_steps:tune_steps"),
+         "distill": ("diffuse.distill:DistillOptions", None, "diffuse.distill:build_distill", "diffuse.distill:distill")}
 
 
 def attribute(spec: str):
@@ -115,7 +118,7 @@ def run_subcommand(subcommand: str, cfg) -> None:
     opts = config.options(attribute(options_cls), node, "" if section is None else f"{section}.", strict=section is not None)
     ctx = run.Context(Path(hydra_cfg.runtime.output_dir), hydra_cfg.runtime.choices.get("experiment"),
                       tuple(hydra_cfg.overrides.task), distributed.from_environment())
-    attribute(task_fn)(getattr(run, builder)(cfg, ctx, opts), opts)
+    attribute(task_fn)(attribute(builder)(cfg, ctx, opts), opts)
 
 
 LAUNCHER_EXTRAS = {"joblib": "joblib", "submitit_slurm": "slurm", "submitit_local": "slurm"}  # plugin -> extra

@@ -30,7 +30,8 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
             sampler = record.get("sampler", "samples")
             if settings.get("eta"):
                 sampler += f" eta={settings['eta']}"
-            spacing = "tuned" if record.get("spacing") == "tuned" else settings.get("spacing")  # auto: its setting
+            walked = record.get("spacing")  # a tuned walk, a distilled student's, or the spacing (auto: its setting)
+            spacing = walked if walked in ("tuned", "distilled") else settings.get("spacing")
             rows.append({"sampler": sampler, "spacing": spacing, "steps": record.get("steps"), "nfe": record.get("nfe"),
                          "n": record.get("n"), "guidance": (record.get("options") or {}).get("guidance"),
                          "checkpoint_step": record.get("checkpoint_step"), **{k: m.get(k) for k in COLUMNS if k in m},

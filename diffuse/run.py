@@ -26,13 +26,14 @@ from diffuse.features.inception_weights import locate_weights
 from diffuse.features.reference import StatsFile, read_stats
 from diffuse.generate import resolve_classes
 from diffuse.image_files import ImageSet, check_images, read_images
+from diffuse.loss import diffusion_loss
 from diffuse.models import check_network
 from diffuse.objectives import Objective
 from diffuse.sampler_choice import checked_sampler, chosen_node, names_sampler
 from diffuse.samplers import Sampler
 from diffuse.schedule import Schedule
 from diffuse.validate import seed as check_seed
-from diffuse.walk_file import read_walk_file
+from diffuse.walk_file import read_walk_file, student_walk
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class TrainJob:
     cache_dir: Path  # where the evaluation caches its classifier and features
     resume: train_state.Resume | None = None
     resume_command: str = ""  # the command line that continues this run
+    loss: Callable = diffusion_loss  # (network, objective, schedule, x0, generator, labels, ...) -> loss; see train.py
 
 
 @dataclass(eq=False)
@@ -160,14 +162,14 @@ def loaded_checkpoint(config: dict, steps: int, overrides: tuple[str, ...]) -> t
     `diffuse sample`, `diffuse eval ckpt=` and `diffuse tune-steps`: the model, checked."""
     loaded = load_model(config["ckpt"], config["weights"])
     node = chosen_node(config["sampler"], loaded.config, overrides)
-    walk = None
+    walk, tuned = student_walk(loaded, steps, names_sampler(overrides), config.get("schedule_file")), None
     if config.get("schedule_file") is not None:
-        walk = read_walk_file(Path(str(config["schedule_file"])).expanduser(), loaded)
+        tuned = read_walk_file(Path(str(config["schedule_file"])).expanduser(), loaded)
         if names_sampler(overrides):
             raise DiffuseError(f"schedule_file={config['schedule_file']} walks with the sampler it was tuned for "
-                               f"({walk.sampler.get('_target_')}); leave sampler out, or tune a walk for that sampler")
-        node = walk.sampler
-    sampler = checked_sampler(node, loaded.model.schedule, steps, None if walk is None else tuple(walk.timesteps))
+                               f"({tuned.sampler.get('_target_')}); leave sampler out, or tune a walk for that sampler")
+        node, walk = tuned.sampler, tuple(tuned.timesteps)
+    sampler = checked_sampler(node, loaded.model.schedule, steps, walk, "tuned" if tuned else "distilled")
     network = loaded.model.network
     classes = resolve_classes(config.get("labels"), config.get("label"), network.conditional, network.num_classes)
     return loaded, sampler, classes

@@ -25,10 +25,11 @@ def names_sampler(overrides: tuple[str, ...]) -> bool:
     return any(o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == "sampler" for o in overrides)
 
 
-def checked_sampler(node, schedule: Schedule, steps: int, walk: tuple[float, ...] | None = None) -> Sampler:
-    """The sampler a node describes (walking `walk`, tuned timesteps, when given), its settings and steps checked
-    against the schedule."""
-    sampler = replace(nodes.sampler(node), walk=walk)
+def checked_sampler(node, schedule: Schedule, steps: int, walk: tuple[float, ...] | None = None,
+                    walk_kind: str = "tuned") -> Sampler:
+    """The sampler a node describes (walking `walk`, tuned or distilled timesteps, when given), its settings and
+    steps checked against the schedule."""
+    sampler = replace(nodes.sampler(node), walk=walk, walk_kind=walk_kind)
     try:
         sampler.check(schedule, steps)
     except InfiniteStart as e:

@@ -1,5 +1,5 @@
-"""The training loop: batch -> loss -> optimizer -> EMA -> (every N) log row, sample grid, checkpoint; on one
-process, or as one of the ranks torchrun starts (DistributedDataParallel)."""
+"""The training loop: batch -> loss (the job's: diffusion_loss, or a distillation round's) -> optimizer -> EMA ->
+(every N) log row, sample grid, checkpoint; on one process, or as one of the ranks torchrun starts (DDP)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from diffuse.distributed import World, lost_peer
 from diffuse.ema import ema_decay, ema_update
 from diffuse.generate import GenerationOptions, generate
 from diffuse.images import save_png
-from diffuse.loss import diffusion_loss
 from diffuse.sample import picture
 from diffuse.stop import StopRequest, TrainingInterrupted
 from diffuse.train_records import Checkpointer, MetricsLog
@@ -40,7 +39,7 @@ LR_DECAYS = ("none", "cosine", "linear")
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """The `train.*` options (their defaults and meanings: conf/train.yaml)."""
+    """The `train.*` options (their defaults and meanings: conf/train_options.yaml)."""
 
     steps: int
     max_minutes: float
@@ -213,8 +212,8 @@ def train(job, opts: TrainOptions) -> Path:
                     group["lr"] = lr
                 x0, labels = next(batches)  # (B,C,H,W) in [-1, 1], (B,): the whole batch
                 with autocast:
-                    loss = diffusion_loss(forward, objective, schedule, x0, generator, labels if conditional else None,
-                                          opts.cond_drop_prob, model.num_classes, part)
+                    loss = job.loss(forward, objective, schedule, x0, generator, labels if conditional else None,
+                                    opts.cond_drop_prob, model.num_classes, part)
                 if opts.nonfinite == "skip" and world.any(not bool(torch.isfinite(loss)))[0]:  # a host sync a step
                     skipped += 1
                     log.warning("step %d: non-finite loss %s, update skipped (%d so far)", step, loss.item(), skipped)

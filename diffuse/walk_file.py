@@ -1,5 +1,6 @@
-"""The file `diffuse tune-steps` writes and `schedule_file=` reads: the timesteps of a walk tuned for one checkpoint
-file (its SHA-256), its weights, one sampler node and one step count; read back with every field checked."""
+"""Walks read from files: the file `diffuse tune-steps` writes and `schedule_file=` reads (the timesteps of a walk
+tuned for one checkpoint file, its SHA-256, its weights, one sampler node and one step count; read back with every
+field checked), and the walk a student from `diffuse distill` records in its checkpoint."""
 
 from __future__ import annotations
 
@@ -55,14 +56,38 @@ def read_walk_file(path: Path, loaded: LoadedModel) -> WalkFile:
         value = fields[key]
         if not (is_int(value) if kind is int else isinstance(value, kind)):
             raise DiffuseError(f"{where}: field {key!r} must be a {kind.__name__}, got {value!r}")
-    ts = fields["timesteps"]
-    numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in ts)
-    if (not numbers or len(ts) != fields["steps"] + 1 or ts[-1] != -1 or not 0 <= ts[-2] <= ts[0] <= T - 1
-            or any(a <= b for a, b in zip(ts, ts[1:]))):
-        raise DiffuseError(f"{where}: its timesteps must be {fields['steps']} strictly decreasing values in "
-                           f"0..{T - 1} followed by -1, got {ts}")
+    ts = checked_timesteps(fields["timesteps"], fields["steps"], T, where)
     if fields["checkpoint_sha256"] != sha256(loaded.path) or fields["weights"] != loaded.weights:
         raise DiffuseError(f"{where} was tuned for {fields['checkpoint']} ({fields['weights']} weights), not for "
                            f"{loaded.path} ({loaded.weights} weights): tune one with diffuse tune-steps "
                            f"ckpt={loaded.path}")
-    return WalkFile(**{**fields, "timesteps": [float(t) for t in ts]})
+    return WalkFile(**{**fields, "timesteps": ts})
+
+
+def checked_timesteps(ts: list, steps: int, T: int, where: str) -> list[float]:
+    """A walk read from a file: `steps` strictly decreasing timesteps in 0..T-1, then -1."""
+    numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in ts)
+    if (not numbers or len(ts) != steps + 1 or len(ts) < 2 or ts[-1] != -1 or not 0 <= ts[-2] <= ts[0] <= T - 1
+            or any(a <= b for a, b in zip(ts, ts[1:]))):
+        raise DiffuseError(f"{where}: its timesteps must be {steps} strictly decreasing values in 0..{T - 1} "
+                           f"followed by -1, got {ts}")
+    return [float(t) for t in ts]
+
+
+def student_walk(loaded: LoadedModel, steps: int, sampler_named: bool, schedule_file) -> tuple[float, ...] | None:
+    """The walk of a student from `diffuse distill` (its checkpoint's `distill` record): DDIM at the timesteps it
+    was distilled for, held to steps=; None for any other checkpoint."""
+    record = loaded.config.get("distill")
+    if record is None:
+        return None
+    where = f"ckpt={loaded.path}"
+    if not isinstance(record, dict) or not is_int(record.get("steps")) or not isinstance(record.get("timesteps"), list):
+        raise DiffuseError(f"{where}: damaged distill record in its metadata (steps and timesteps expected)")
+    ts, n = checked_timesteps(record["timesteps"], record["steps"], loaded.model.schedule.T, where), record["steps"]
+    if steps != n:
+        raise DiffuseError(f"{where} is a student distilled for {n} step{'s' * (n > 1)} ({record.get('method')} "
+                           f"distillation), trained for those timesteps only: pass steps={n}")
+    if sampler_named or schedule_file is not None:
+        raise DiffuseError(f"{where} is a distilled student: it walks DDIM at the timesteps it was distilled for; "
+                           f"leave out {'sampler' if sampler_named else 'schedule_file'}")
+    return tuple(ts)

@@ -140,7 +140,8 @@ def test_every_experiment_composes_builds_and_trains_a_few_steps_at_tiny_size(na
     assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()  # the final grid, with the preset's sampler
 
 
-@pytest.mark.parametrize("config_name,section", [("train", "train"), ("sample", None), ("eval", None)])
+@pytest.mark.parametrize("config_name,section", [("train", "train"), ("sample", None), ("eval", None),
+                                                 ("tune-steps", None), ("distill", None)])
 def test_every_option_default_is_in_the_yaml_once_and_builds(config_name, section):
     """The options dataclasses carry no defaults: the YAML holds each one, and composes into valid options."""
     import dataclasses

@@ -64,7 +64,8 @@ class Sampler:
     settings: dict[str, Any]
     spacing: str  # the timestep spacing of its walks (see Schedule.timesteps), or `auto`
     auto_spacing: dict[str, Rule] = field(default_factory=dict)  # schedule name (or `other`) -> rule, for `auto`
-    walk: tuple[float, ...] | None = None  # tuned timesteps (diffuse tune-steps), walked instead of a spacing's
+    walk: tuple[float, ...] | None = None  # timesteps walked instead of a spacing's (see walk_kind)
+    walk_kind: str = "tuned"  # whose walk, recorded as the spacing: tuned (tune-steps) | distilled (a student's)
 
     def __post_init__(self) -> None:
         if not isinstance(getattr(self.algorithm, "facts", None), Facts):
@@ -80,12 +81,12 @@ class Sampler:
         return self.algorithm.facts
 
     def spacing_for(self, schedule: Schedule, steps: int) -> str:
-        """The spacing a walk of `steps` steps on `schedule` takes (`tuned` for a schedule file's walk): the
+        """The spacing a walk of `steps` steps on `schedule` takes (`tuned`/`distilled` for a given walk): the
         sampler's own, or for `auto` the one its table names for this schedule (else for `other`) and step count.
         At zero terminal SNR, where only the spacings in ANYWHERE can start, a table entry outside them gives way
         to `other` (always one of them)."""
         if self.walk is not None:
-            return "tuned"
+            return self.walk_kind
         if self.spacing != AUTO:
             return self.spacing
         if not self.auto_spacing:

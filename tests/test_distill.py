@@ -1,0 +1,190 @@
+"""Progressive distillation: its loss on exact answers (a student at zero loss walks where its teacher walks in twice
+the steps), and `diffuse distill` through the real CLI: students that sample and evaluate as ordinary checkpoints,
+a signal and an exact resume, and its refusals."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import DATA_ROOT, TINY_TRAIN, cached, cli_in_process, run_cli, sampler_from_yaml
+from diffuse import DiffuseError
+from diffuse.checkpoint import load_checkpoint, metadata_config
+from diffuse.denoiser import DiffusionModel, ModelDenoiser
+from diffuse.features.cache import sha256
+from diffuse.objectives.ddpm import DDPM
+from diffuse.progressive import ProgressiveLoss, halve
+from diffuse.report import collect
+from diffuse.schedules.linear import linear
+from exact import GaussianMixture, exact_network, objective_denoiser
+
+MIXTURE = GaussianMixture(weights=[0.3, 0.7], means=[-0.6, 0.5], stds=[0.15, 0.25])
+
+
+class Wrapped(nn.Module):
+    """A function (x, time, labels) -> output as a network module."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn, self.conditional, self.num_classes = fn, False, 0
+
+    def forward(self, x, time, labels=None):
+        return self.fn(x, time).float()
+
+
+def oracle_student(objective, schedule, teacher_walk: list[float]) -> nn.Module:
+    """The x0-predicting network whose one DDIM step from each student timestep lands where the teacher's two DDIM
+    steps land (found by walking the teacher with the DDIM sampler itself, then inverting one DDIM step)."""
+    ddim, teacher = sampler_from_yaml("ddim"), objective_denoiser(objective, schedule, MIXTURE)
+    student_walk = halve(teacher_walk)
+    nxt, mid = dict(zip(student_walk, student_walk[1:])), dict(zip(teacher_walk[::2], teacher_walk[1::2]))
+
+    def network(x, time):  # DDPM's x0 objective: the time input is the timestep, the output is x0
+        out = torch.zeros_like(x, dtype=torch.float64)
+        for t in time.unique().tolist():
+            m = time == t
+            x_next = ddim(teacher, schedule, x[m].double(), [t, mid[t], nxt[t]])
+            alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
+            alpha_n, sigma_n = schedule.alpha(nxt[t]).item(), schedule.sigma(nxt[t]).item()
+            # x_next = alpha_n x0 + sigma_n (x - alpha x0) / sigma, solved for x0
+            out[m] = (x_next - sigma_n / sigma * x[m].double()) / (alpha_n - sigma_n / sigma * alpha)
+        return out
+
+    return Wrapped(network)
+
+
+def teacher_as_module(objective, schedule) -> nn.Module:
+    """The mixture's exact x0 network (a DDPM x0 objective: the output is x0) for per-example times."""
+    network = exact_network(objective, schedule, MIXTURE)
+    return Wrapped(lambda x, time: network(x, time.double()))
+
+
+def test_a_student_at_zero_loss_walks_in_n_steps_where_its_teacher_walks_in_2n():
+    """With an exact teacher (a Gaussian mixture's x0 network): the student that takes each pair of teacher steps
+    in one has zero loss, and it samples (DDIM on the halved walk) the teacher's 2N-step images; the teacher as its
+    own student (one step where it should take two) has a clearly positive loss."""
+    schedule, objective = linear(), DDPM(prediction="x0")
+    walk = schedule.timesteps(8, "trailing")
+    teacher, student = teacher_as_module(objective, schedule), oracle_student(objective, schedule, walk)
+    loss = ProgressiveLoss(teacher, walk, clip_x0=False)
+    x0 = MIXTURE.quantile(torch.rand(512, generator=torch.Generator().manual_seed(0))).view(-1, 1, 1, 1).float()
+    at_zero = loss(student, objective, schedule, x0, torch.Generator().manual_seed(1))
+    as_own_student = loss(teacher, objective, schedule, x0, torch.Generator().manual_seed(1))
+    assert as_own_student > 1e-3 and at_zero < 1e-6 * as_own_student, (at_zero, as_own_student)
+    ddim = sampler_from_yaml("ddim")
+    x_T = torch.randn(256, 1, 1, 1, generator=torch.Generator().manual_seed(2))
+    teacher_images = ddim(objective_denoiser(objective, schedule, MIXTURE), schedule, x_T.double(), walk)
+    model = DiffusionModel(student, objective, schedule, (1, 1, 1))
+    student_images = ddim(ModelDenoiser(model), schedule, x_T, halve(walk))
+    torch.testing.assert_close(student_images.double(), teacher_images, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("walk", [[999.0, -1], [999.0, 500.0, 200.0, -1], [999.0]])
+def test_a_walk_that_cannot_be_halved_is_refused(walk):
+    with pytest.raises(DiffuseError, match="cannot be halved"):
+        halve(walk)
+
+
+DISTILL = ("teacher_steps=4", "student_steps=1", "train.steps=3", "train.max_minutes=0", "train.batch_size=8",
+           "train.precision=fp32", "train.lr_decay=none", "train.ckpt_every=1", "train.log_every=1")
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory, data_root):
+    cwd = tmp_path_factory.mktemp("distill")
+    run_cli("train", *TINY_TRAIN, "hydra.run.dir=teacher", cwd=cwd)
+    run_cli("distill", "ckpt=teacher", *DISTILL, "hydra.run.dir=d", cwd=cwd)
+    return cwd
+
+
+def test_distill_writes_students_that_sample_and_evaluate_as_checkpoints(distilled, eval_cache, tmp_path):
+    teacher = distilled / "teacher" / "checkpoints" / "last.safetensors"
+    walk = linear().timesteps(4, "trailing")
+    manifest = json.loads((distilled / "d" / "distill.json").read_text())
+    assert manifest["teacher_sha256"] == sha256(teacher) and manifest["teacher_timesteps"] == walk
+    for n, ts, taught_by in ((2, halve(walk), "teacher"), (1, halve(halve(walk)), "steps_2")):
+        _, meta = load_checkpoint(distilled / "d" / f"steps_{n}")
+        record = metadata_config(meta)["distill"]
+        assert (record["method"], record["steps"], record["teacher_steps"], record["timesteps"]) == \
+            ("progressive", n, 2 * n, ts)
+        assert record["teacher"].endswith(f"{taught_by}/checkpoints/last.safetensors")
+        assert record["first_teacher_sha256"] == sha256(teacher) and int(meta["step"]) == 3
+        assert json.loads((distilled / "d" / f"steps_{n}" / "student.json").read_text())["seconds"] > 0
+    cli_in_process("sample", f"ckpt={distilled / 'd' / 'steps_2'}", "steps=2", "n=3", "hydra.run.dir=s", cwd=tmp_path)
+    record = json.loads((tmp_path / "s" / "sampling.json").read_text())
+    assert (record["sampler"], record["spacing"], record["timesteps"], record["nfe_per_image"]) == \
+        ("ddim", "distilled", halve(walk), 2)
+    run_cli("eval", f"ckpt={distilled / 'd' / 'steps_1'}", "steps=1", "n=20", "kid_subset_size=10",
+            "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
+    scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert scores["nfe"] == 1 and math.isfinite(scores["metrics"]["fid"])
+    rows, _ = collect(tmp_path / "ev")  # diffuse report: the students' line is apart from the teacher's DDIM
+    assert [(r["sampler"], r["spacing"], r["nfe"]) for r in rows] == [("ddim", "distilled", 1)]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("steps=3",), "is a student distilled for 2 steps (progressive distillation), trained for those timesteps only: "
+                   "pass steps=2"),
+    (("steps=2", "sampler=dpmpp_2m"), "is a distilled student: it walks DDIM at the timesteps it was distilled for; "
+                                      "leave out sampler"),
+])
+def test_a_student_refuses_other_step_counts_and_samplers(distilled, tmp_path, args, expected):
+    proc = cli_in_process("sample", f"ckpt={distilled / 'd' / 'steps_2'}", *args, "n=2", "hydra.run.dir=s", cwd=tmp_path,
+                          check=False)
+    assert proc.returncode == 2 and expected in proc.stderr and not (tmp_path / "s" / "samples.npz").exists()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("ckpt=teacher", "teacher_steps=6"), "teacher_steps must be student_steps times a power of 2"),
+    (("ckpt=teacher", "student_steps=3"), "teacher_steps must be student_steps times a power of 2"),
+    (("ckpt=teacher", "spacing=sideways"), "spacing='sideways' is not a spacing; allowed:"),
+    (("ckpt=d/steps_2",), "is itself a distilled student; distil its teacher"),
+    (("ckpt=teacher", "teacher_steps=8", "resume=d"), "resume=d: that distillation was made with teacher_steps=4"),
+    (("ckpt=teacher", "resume=teacher"), "resume=teacher: not a diffuse distill folder"),
+    ((), "ckpt is required"),
+])
+def test_distill_refuses_bad_input_in_one_line(distilled, args, expected):
+    proc = cli_in_process("distill", *args, "train.steps=1", "hydra.run.dir=refused", cwd=distilled, check=False)
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (distilled / "refused" / "distill.json").exists()
+
+
+def test_a_signal_stops_a_round_and_resume_continues_it_exactly(distilled, tmp_path):
+    """SIGINT in round 1 saves and names the command; that command (with train.steps set) finishes round 1 and
+    runs round 2, and the students are bitwise those of an unbroken distillation of the same steps."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["DIFFUSE_DATA_ROOT"] = str(DATA_ROOT)
+    teacher = distilled / "teacher"
+    args = [f"ckpt={teacher}", *DISTILL[:2], *DISTILL[3:]]
+    proc = subprocess.Popen([sys.executable, "-m", "diffuse", "distill", *args, "train.steps=100000",
+                             "hydra.run.dir=cut"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "cut" / "steps_2" / "checkpoints" / "last.safetensors").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    message = err.strip().splitlines()[-1]
+    assert proc.returncode == 130 and "stopped by SIGINT" in message, err
+    assert "diffuse distill" in message and f"resume={tmp_path / 'cut'}" in message
+    stopped_at = int(load_checkpoint(tmp_path / "cut" / "steps_2")[1]["step"])
+    assert not (tmp_path / "cut" / "steps_2" / "student.json").exists()
+    steps = f"train.steps={stopped_at + 2}"
+    run_cli("distill", *args, steps, f"resume={tmp_path / 'cut'}", "hydra.run.dir=again", cwd=tmp_path)
+    run_cli("distill", *args, steps, "hydra.run.dir=straight", cwd=tmp_path)
+    for n in (2, 1):
+        a = load_checkpoint(tmp_path / "cut" / f"steps_{n}")[0]
+        b = load_checkpoint(tmp_path / "straight" / f"steps_{n}")[0]
+        assert sorted(a) == sorted(b)
+        for key in a:
+            assert torch.equal(a[key], b[key]), (n, key)
