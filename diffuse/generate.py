@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -16,9 +17,13 @@ from diffuse.denoiser import DiffusionModel, ModelDenoiser
 from diffuse.distributed import World
 from diffuse.images import to_uint8
 from diffuse.precision import check as check_precision, resolve as resolve_precision
+from diffuse.repaint import inpaint
 from diffuse.samplers import Sampler
 from diffuse.samplers.noise import randn_like
 from diffuse.validate import is_int, seed as check_seed
+
+if TYPE_CHECKING:
+    from diffuse.start_images import StartImages
 
 
 @dataclass(frozen=True)
@@ -113,14 +118,28 @@ def model_denoiser(model: DiffusionModel, opts: GenerationOptions, labels: np.nd
                          guidance=opts.guidance, guidance_rescale=opts.guidance_rescale)
 
 
+def edit_walk(ts: list[float], strength: float) -> list[float]:
+    """SDEdit's walk (Meng et al. 2022, sec. 3): the last floor(strength * steps) steps of a walk (as diffusers'
+    img2img pipelines take them), so strength 0 is no step and 1 the whole walk."""
+    steps = len(ts) - 1
+    return ts[steps - math.floor(round(strength * steps, 9)):]
+
+
 def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, device: torch.device,
              classes: list[int] | None = None, *, on_step: Callable[[int], None] | None = None,
-             observe: Observer | None = None, world: World = World()) -> Generated | None:
+             observe: Observer | None = None, world: World = World(), images: StartImages | None = None,
+             ) -> Generated | None:
     """Draw opts.n images of `model` with `sampler`; image i asks for classes[i % len(classes)] (conditional
     models). `on_step(k)` reports the k-th sampler step overall; `observe` sees every denoiser call. Under
     torchrun each rank draws its block of the indices and rank 0 gets them all (the other ranks get None): image
-    i is seeded from (seed, i), so the images are those of one process."""
+    i is seeded from (seed, i), so the images are those of one process. With `images`, image i starts from image
+    i % m too: SDEdit (its own noise takes it to the walk's first timestep at strength < 1, where `edit_walk`
+    starts; strength 0 returns it as it is, 1 samples from that noise alone) or RePaint (`repaint.inpaint`)."""
     ts = sampler.check(model.schedule, opts.steps)
+    masked = images is not None and images.mask is not None
+    editing = images is not None and not masked and images.strength < 1
+    if editing:
+        ts = edit_walk(ts, images.strength)
     precision = resolve_precision(opts.precision, device)
     labels = image_labels(classes, opts.n)
     mine = world.shard(opts.n)
@@ -129,6 +148,13 @@ def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, d
     for start in range(mine.start, mine.stop, opts.batch_size):
         b = min(opts.batch_size, mine.stop - start)
         x_T, gens = start_noise(model.shape, opts.seed, start, b, device)  # (b,C,H,W)
+        known, mask = images.known(torch.arange(start, start + b)) if images is not None else (None, None)
+        if editing:  # x_t = alpha_t x0 + sigma_t eps at the walk's start
+            if len(ts) == 1:  # strength 0: no step
+                out.append(to_uint8(known))
+                batches += 1
+                continue
+            x_T = model.schedule.alpha(ts[0]).item() * known.to(device) + model.schedule.sigma(ts[0]).item() * x_T
         denoiser = model_denoiser(model, opts, None if labels is None else labels[start:start + b], precision)
 
         def counted(x_t: Tensor, t: float, denoiser: ModelDenoiser = denoiser) -> tuple[Tensor, Tensor]:
@@ -143,7 +169,11 @@ def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, d
             if on_step is not None:
                 on_step(done + i)
 
-        x0 = sampler(counted, model.schedule, x_T, ts, generator=gens, on_step=step)
+        if masked:
+            x0 = inpaint(sampler, counted, model.schedule, x_T, ts, known.to(device), mask.to(device),
+                         jump=images.jump, resample=images.resample, generator=gens, on_step=step)
+        else:
+            x0 = sampler(counted, model.schedule, x_T, ts, generator=gens, on_step=step)
         out.append(to_uint8(x0))
         batches += 1
     shape = (0, model.shape[1], model.shape[2], model.shape[0])

@@ -48,12 +48,12 @@ class ImageSet:
     labels: np.ndarray | None  # (N,) int64, or None
 
 
-def read_images(path: str | Path, value_range: tuple[float, float] | None = None) -> ImageSet:
+def read_images(path: str | Path, value_range: tuple[float, float] | None = None, option: str = "samples") -> ImageSet:
     """Images to score from another tool or run: an .npz (ours: `images` and `labels`; ADM's: `arr_0` and
     `arr_1`; or its only image array) of (N,H,W,C), (N,C,H,W) or (N,H,W) arrays, uint8 or, with `value_range`,
     float; or a folder of image files (sorted order; integer-named class folders give labels)."""
     p = Path(path).expanduser()
-    what = f"samples={path}"
+    what = f"{option}={path}"
     if p.is_dir():
         array, labels = read_folder(p, what)
     elif p.is_file() and p.suffix == ".npz":
@@ -151,3 +151,4 @@ def check_images(images: np.ndarray, shape: tuple[int, int, int], what: str) -> 
                            f"channel(s), but the reference data set has {H}x{W} with {C}")
     if len(images) < 2:
         raise DiffuseError(f"{what} holds {len(images)} image(s); scoring needs at least 2")
+

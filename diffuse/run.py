@@ -32,6 +32,7 @@ from diffuse.objectives import Objective
 from diffuse.sampler_choice import checked_sampler, chosen_node, names_sampler
 from diffuse.samplers import Sampler
 from diffuse.schedule import Schedule
+from diffuse.start_images import StartImages, start_images
 from diffuse.validate import seed as check_seed
 from diffuse.walk_file import read_walk_file, student_walk
 
@@ -73,6 +74,7 @@ class SampleJob:
     classes: list[int] | None  # the classes asked for, in turn (conditional models)
     device: torch.device
     out_dir: Path
+    images: StartImages | None = None  # what sampling starts from besides noise (init= or inpaint=)
 
 
 @dataclass(eq=False)
@@ -186,7 +188,10 @@ def checkpoint_job(config: dict, ctx: Context, steps: int) -> SampleJob:
 
 
 def build_sample(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
-    return checkpoint_job(nodes.plain(cfg), ctx, opts.steps)
+    config = nodes.plain(cfg)
+    job = checkpoint_job(config, ctx, opts.steps)
+    job.images = start_images(config, opts, job.loaded.model.shape, job.sampler)
+    return job
 
 
 def build_tune(cfg: DictConfig, ctx: Context, opts) -> SampleJob:

@@ -26,9 +26,16 @@ class SampleOptions(GenerationOptions):
     png: bool  # also write one PNG per image under images/
     trajectory: bool  # also draw trajectory.png: x_t and the predicted x0 across the steps
     format: str  # npz | adm (samples.npz with ADM's keys) | folder (also images/<class>/<i>.png)
+    strength: float  # image-to-image (SDEdit, with init=): the share of the walk from the init image (1: from noise)
+    jump_length: int  # inpainting (RePaint): steps walked back at each jump
+    resample: int  # inpainting: times each jump point is walked (1: no jumps)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 <= self.strength <= 1:
+            raise DiffuseError(f"strength must be in [0, 1] (0: the init image itself, 1: plain sampling), got {self.strength}")
+        if self.jump_length < 1 or self.resample < 1:
+            raise DiffuseError(f"jump_length and resample must be >= 1, got {self.jump_length} and {self.resample}")
         if self.format not in FORMATS:
             raise DiffuseError(f"format must be {' or '.join(FORMATS)}, got {self.format!r}")
 
@@ -79,6 +86,18 @@ def write_folder(images: np.ndarray, labels: np.ndarray | None, root: Path, num_
         save_png(img, sub / f"{i:06d}.png")
 
 
+def start_record(images, ts: list[float]) -> dict | None:
+    """What sampling.json says of the images sampling started from (init= or inpaint=)."""
+    if images is None:
+        return None
+    if images.mask is None:
+        return {"mode": "image-to-image", "source": images.source, "images": len(images.images),
+                "strength": images.strength, "steps_walked": len(ts) - 1}
+    return {"mode": "inpainting", "source": images.source, "images": len(images.images), "masks": len(images.mask),
+            "known_share": round(images.mask.mean().item(), 4), "jump_length": images.jump,
+            "resample": images.resample}
+
+
 def sample(job, opts: SampleOptions) -> Path:
     """Write grid.png, samples.npz (key `images`: (n,H,W,C) uint8; `labels` for a conditional model; with
     format=adm `arr_0` and `arr_1`, as openai/guided-diffusion's and DiT's samplers write them) and sampling.json
@@ -86,7 +105,8 @@ def sample(job, opts: SampleOptions) -> Path:
     model, out = job.loaded.model, job.out_dir
     batches = -(-len(job.world.shard(opts.n)) // opts.batch_size)
     with progress_bar("sampling", batches * opts.steps, interactive(job.world.rank)) as bar:
-        drawn = generate(model, job.sampler, opts, job.device, job.classes, on_step=bar.update, world=job.world)
+        drawn = generate(model, job.sampler, opts, job.device, job.classes, on_step=bar.update, world=job.world,
+                         images=job.images)
     if drawn is None:  # a rank other than 0 under torchrun: rank 0 has the images and writes them
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -96,10 +116,12 @@ def sample(job, opts: SampleOptions) -> Path:
     save_png(picture(drawn.images, labels, job.classes), out / "grid.png")
     if opts.png or opts.format == "folder":
         write_folder(drawn.images, labels, out / "images", model.network.num_classes)
-    if opts.trajectory:  # image i depends only on (seed, i): redraw the first few, recording every call
+    if opts.trajectory and len(drawn.timesteps) == 1:
+        log.warning("trajectory=true: strength=0 walks no step, so there is no trajectory.png to draw")
+    elif opts.trajectory:  # image i depends only on (seed, i): redraw the first few, recording every call
         recorder = TrajectoryRecorder(keep=min(8, opts.n))
         generate(model, job.sampler, replace(opts, n=recorder.keep, batch_size=recorder.keep), job.device,
-                 job.classes, observe=recorder)
+                 job.classes, observe=recorder, images=job.images)
         strip, shown = trajectory_strip(recorder.frames)
         save_png(strip, out / "trajectory.png")
         (out / "trajectory.json").write_text(json.dumps({"rows": "per image: x_t, then predicted x0",
@@ -107,6 +129,7 @@ def sample(job, opts: SampleOptions) -> Path:
     record = {"sampler": job.sampler.name, "settings": {**job.sampler.settings, "spacing": job.sampler.spacing},
               "spacing": job.sampler.spacing_for(model.schedule, opts.steps), "steps": opts.steps,
               "timesteps": drawn.timesteps, "labels": job.classes,
+              "start": start_record(job.images, drawn.timesteps),
               "guidance": opts.guidance if labels is not None else None, "nfe_per_image": drawn.nfe_per_image,
               "precision": drawn.precision, "checkpoint": str(job.loaded.path), "checkpoint_step": job.loaded.step,
               "options": asdict(opts), "wall_seconds": round(drawn.seconds, 3),

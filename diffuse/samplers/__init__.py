@@ -39,6 +39,7 @@ class Facts:
     evaluations: Callable[[int], int]  # network evaluations for a walk of n steps that ends at clean data
     finite_start: bool  # needs a finite sigma_t / alpha_t at its first timestep (so no zero terminal SNR)
     check: Callable[..., None] | None  # check(schedule, **settings): refuses bad settings before any work
+    multistep: bool = False  # its steps reuse earlier steps' predictions (so a walk cannot be changed between steps)
 
 
 def one_per_step(steps: int) -> int:
@@ -46,11 +47,11 @@ def one_per_step(steps: int) -> int:
 
 
 def declare(*, order: int | None, evaluations: Callable[[int], int] = one_per_step, finite_start: bool = False,
-            check: Callable[..., None] | None = None) -> Callable[[Callable], Callable]:
+            check: Callable[..., None] | None = None, multistep: bool = False) -> Callable[[Callable], Callable]:
     """Attach an algorithm's `Facts` to it as `algorithm.facts`."""
 
     def attach(algorithm: Callable) -> Callable:
-        algorithm.facts = Facts(order, evaluations, finite_start, check)
+        algorithm.facts = Facts(order, evaluations, finite_start, check, multistep)
         return algorithm
 
     return attach

@@ -13,7 +13,7 @@ from diffuse.samplers.noise import Generators
 from diffuse.schedule import Schedule
 
 
-@declare(order=2)
+@declare(order=2, multistep=True)
 def dpmpp_2m(
     denoiser: Denoiser,
     schedule: Schedule,

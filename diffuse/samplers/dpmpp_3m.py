@@ -13,7 +13,7 @@ from diffuse.samplers.noise import Generators
 from diffuse.schedule import Schedule
 
 
-@declare(order=3)
+@declare(order=3, multistep=True)
 def dpmpp_3m(
     denoiser: Denoiser,
     schedule: Schedule,

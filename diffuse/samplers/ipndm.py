@@ -34,7 +34,7 @@ def adams_bashforth(nodes: list[float], s: float, s_next: float) -> list[float]:
     return (h * torch.linalg.solve(vander, moments)).tolist()
 
 
-@declare(order=4, finite_start=True, check=check)
+@declare(order=4, finite_start=True, check=check, multistep=True)
 def ipndm(
     denoiser: Denoiser,
     schedule: Schedule,

@@ -42,7 +42,7 @@ def check(schedule: Schedule, order: int = 2, variant: str = "bh2") -> None:
 
 
 # UniPC-2's corrector lifts it to order 3 (Zhao et al. 2023, Theorem 3.3)
-@declare(order=3, check=check)
+@declare(order=3, check=check, multistep=True)
 def unipc(
     denoiser: Denoiser,
     schedule: Schedule,

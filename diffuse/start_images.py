@@ -1,0 +1,103 @@
+"""What `diffuse sample` starts from besides noise: SDEdit's `init=` images (with `strength`) or RePaint's
+`inpaint=` images and `mask=` (a preset or a file), read and checked at the boundary before any sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffuse import DiffuseError
+from diffuse.generate import sample_seed
+from diffuse.image_files import read_images
+from diffuse.samplers import Sampler
+
+MASKS = ("centre", "half", "random")  # presets; 1 = known (kept), 0 = filled in
+
+
+@dataclass(frozen=True)
+class StartImages:
+    """Images that generation starts from besides noise (image i uses images[i % m]): edited (SDEdit, `strength`
+    < 1) or, with a `mask`, inpainted (RePaint; the known pixels, mask 1, come back exactly)."""
+
+    images: Tensor  # (m,C,H,W) in [-1, 1]
+    source: str  # where they were read from, for the record
+    strength: float = 1.0  # SDEdit: the share of the walk taken from the image (1: plain sampling)
+    mask: Tensor | None = None  # (k,1,H,W) of 0/1, k = 1 or m: inpainting
+    jump: int = 10  # RePaint's jump length (steps walked back at each jump)
+    resample: int = 1  # RePaint's resampling: each jump point is walked this many times (1: no jumps)
+
+    def known(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The images and masks of images `index` (b,): (b,C,H,W), (b,1,H,W) or None."""
+        mask = None if self.mask is None else self.mask[index % len(self.mask)]
+        return self.images[index % len(self.images)], mask
+
+
+def preset_mask(name: str, count: int, shape: tuple[int, int, int], seed: int) -> Tensor:
+    """(count,1,H,W) masks: `centre` hides the middle square of half the side, `half` the bottom half; `random`
+    hides each pixel with probability 1/2, mask i drawn from its own seed (seed, i)."""
+    _, H, W = shape
+    mask = torch.ones(count, 1, H, W)
+    if name == "centre":
+        mask[..., H // 4: H // 4 + H // 2, W // 4: W // 4 + W // 2] = 0
+    elif name == "half":
+        mask[..., H // 2:, :] = 0
+    else:
+        for i in range(count):
+            g = torch.Generator().manual_seed(sample_seed(seed, i) ^ 0x5A5A)
+            mask[i, 0] = (torch.rand(H, W, generator=g) < 0.5).float()
+    return mask
+
+
+def read_mask(path: str, count: int, shape: tuple[int, int, int]) -> Tensor:
+    """A mask file: an .npz whose `mask` (or only) array is (H,W), (k,H,W) or (k,1,H,W), k = 1 or the images'
+    count, of 0/1 values (1 = known) -> (k,1,H,W) float."""
+    _, H, W = shape
+    try:
+        with np.load(Path(path).expanduser()) as f:
+            keys = list(f.keys())
+            array = f["mask"] if "mask" in keys else f[keys[0]] if len(keys) == 1 else None
+    except (OSError, ValueError) as e:
+        raise DiffuseError(f"mask={path}: not a preset ({', '.join(MASKS)}) nor a readable .npz ({e})") from None
+    if array is None:
+        raise DiffuseError(f"mask={path}: the .npz holds {keys} and no `mask` array")
+    array = array.reshape(1, *array.shape) if array.ndim == 2 else array.reshape(array.shape[0], *array.shape[2:]) \
+        if array.ndim == 4 and array.shape[1] == 1 else array
+    if array.ndim != 3 or array.shape[1:] != (H, W) or array.shape[0] not in (1, count):
+        raise DiffuseError(f"mask={path} has shape {list(array.shape)}; expected {H}x{W} masks, one or one per image "
+                           f"({count})")
+    if not np.isin(array, (0, 1)).all():
+        raise DiffuseError(f"mask={path} is not binary: its values must be 0 (filled in) or 1 (known)")
+    return torch.from_numpy(array.astype(np.float32)).unsqueeze(1)
+
+
+def start_images(config: dict, opts, shape: tuple[int, int, int], sampler: Sampler) -> StartImages | None:
+    """init= (with strength) or inpaint= (with mask=, jump_length, resample), checked; None for plain sampling."""
+    init, inpaint, mask = config.get("init"), config.get("inpaint"), config.get("mask")
+    if init is not None and inpaint is not None:
+        raise DiffuseError("give init= (image-to-image) or inpaint= (inpainting), not both")
+    if opts.strength != 1 and init is None:
+        raise DiffuseError(f"strength={opts.strength} applies to image-to-image sampling: give init=NPZ_OR_FOLDER")
+    if (mask is None) != (inpaint is None):
+        raise DiffuseError("inpainting needs inpaint=NPZ_OR_FOLDER (the images) and mask=" + "|".join(MASKS) +
+                           "|NPZ (1 = known pixels) together")
+    if inpaint is not None and sampler.facts.multistep:
+        raise DiffuseError(f"sampler {sampler.name} reuses its earlier steps' predictions, which inpainting's replaced "
+                           f"pixels and jumps make stale; inpaint with a one-step sampler (e.g. ddim, ddpm, euler, heun)")
+    if init is None and inpaint is None:
+        return None
+    option, path = ("init", init) if init is not None else ("inpaint", inpaint)
+    images = read_images(str(path), None, option).images  # (m,H,W,C) uint8
+    C, H, W = shape
+    if images.shape[1:] != (H, W, C):
+        raise DiffuseError(f"{option}={path} has images of {images.shape[1]}x{images.shape[2]} with {images.shape[3]} "
+                           f"channel(s), and the model makes {H}x{W} with {C}")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (m,C,H,W) in [-1, 1]
+    if init is not None:
+        return StartImages(x, str(path), strength=opts.strength)
+    masks = (preset_mask(mask, len(x) if mask == "random" else 1, shape, opts.seed) if mask in MASKS
+             else read_mask(str(mask), len(x), shape))
+    return StartImages(x, str(path), mask=masks, jump=opts.jump_length, resample=opts.resample)
