@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffuse import DiffuseError, conf, config as nodes, distributed
-from diffuse.checkpoint import LAST, LoadedModel, load_checkpoint, load_model, write_atomic
+from diffuse.checkpoint import LAST, LoadedModel, load_model, write_atomic
 from diffuse.config import DATASETS, OPTIMIZERS, build
 from diffuse.data import ImageData
 from diffuse.denoiser import DiffusionModel
@@ -26,7 +26,7 @@ from diffuse.run import Context, TrainJob, dataset_builder
 from diffuse.sampler_choice import checked_sampler
 from diffuse.schedule import SPACINGS
 from diffuse.train import TrainOptions, train
-from diffuse.train_state import Resume, decode
+from diffuse.train_state import read_resume
 from diffuse.validate import seed as check_seed
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class DistillJob:
     device: torch.device
     out_dir: Path  # the distillation's folder: distill.json, steps_N/ per round
     seed: int
-    config: dict  # the teacher's config, with this distillation's options and record
+    config: dict  # the teacher's config, with this distillation's options and the students' sampler (DDIM)
     manifest: dict  # what distill.json records: teacher, its SHA-256, walk, options
     cache_dir: Path
     resume_command: str
@@ -104,10 +104,10 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
                            f"({teacher.config['distill'].get('teacher')}) with a smaller student_steps")
     schedule = teacher.model.schedule
     teacher_ts = schedule.timesteps(opts.teacher_steps, opts.spacing)
-    walk = teacher_ts
+    student_sampler, walk = ddim_node(), teacher_ts
     for _ in range(opts.rounds):
         walk = halve(walk)
-        checked_sampler(ddim_node(), schedule, len(walk) - 1, tuple(walk), "distilled")
+        checked_sampler(student_sampler, schedule, len(walk) - 1, tuple(walk), "distilled")
     if not isinstance(teacher.config.get("optimizer"), dict):
         raise DiffuseError(f"ckpt={teacher.path}: its config names no optimizer to distil with")
     optimizer = build(teacher.config["optimizer"], OPTIMIZERS)
@@ -128,11 +128,13 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
         before = json.loads((out_dir / MANIFEST).read_text())
         changed = [k for k in manifest if k != "teacher" and before.get(k) != manifest[k]]
         if changed:
-            raise DiffuseError(f"resume={given}: that distillation was made with {changed[0]}={before.get(changed[0])!r}, "
-                               f"and this command gives {manifest[changed[0]]!r}; resume it with its own settings")
+            key = changed[0]
+            raise DiffuseError(f"resume={given}: that distillation was made with {key}={before.get(key)!r}, and this "
+                               f"command gives {manifest[key]!r}; resume it with its own settings")
     keep = [o for o in ctx.overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
-    record = {**teacher.config, "seed": seed, "train": config["train"], "sampler": ddim_node()}
-    return DistillJob(world, teacher, teacher_ts, data, dataset_builder(node, {"train": data}), optimizer, distributed.device(world, nodes.device(config["device"])),
+    record = {**teacher.config, "seed": seed, "train": config["train"], "sampler": student_sampler}
+    device = distributed.device(world, nodes.device(config["device"]))
+    return DistillJob(world, teacher, teacher_ts, data, dataset_builder(node, {"train": data}), optimizer, device,
                       out_dir, seed, record, manifest, Path(str(config["cache_dir"])).expanduser(),
                       " ".join(["diffuse distill", f"resume={out_dir.resolve()}", *keep]))
 
@@ -155,10 +157,7 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
         if (folder / STUDENT).is_file():
             log.info("round %d of %d: the %d-step student is done (%s)", k, opts.rounds, n, last)
         else:
-            resume = None
-            if last.is_file():
-                tensors, metadata = load_checkpoint(last)
-                resume = Resume(tensors, decode(metadata, str(last)), str(last))
+            resume = read_resume(last, str(last))[0] if last.is_file() else None
             record = {"method": "progressive", "teacher": teacher_path, "teacher_steps": 2 * n, "steps": n,
                       "timesteps": student_ts, "round": k, "rounds": opts.rounds,
                       "first_teacher": job.manifest["teacher"], "first_teacher_sha256": job.manifest["teacher_sha256"]}
@@ -167,7 +166,8 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
             model = job.teacher.model
             round_job = TrainJob(
                 world=world, model=DiffusionModel(student, model.objective, model.schedule, model.shape),
-                sampler=checked_sampler(ddim_node(), model.schedule, n, tuple(student_ts), "distilled"), data=job.data,
+                sampler=checked_sampler(job.config["sampler"], model.schedule, n, tuple(student_ts), "distilled"),
+                data=job.data,
                 optimizer=job.optimizer, device=device, out_dir=folder, seed=job.seed + k,
                 config={**job.config, "distill": record}, reference=job.reference,
                 cache_dir=job.cache_dir, resume=resume, resume_command=job.resume_command,

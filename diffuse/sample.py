@@ -33,7 +33,8 @@ class SampleOptions(GenerationOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.strength <= 1:
-            raise DiffuseError(f"strength must be in [0, 1] (0: the init image itself, 1: plain sampling), got {self.strength}")
+            raise DiffuseError(f"strength must be in [0, 1] (0: the init image itself, 1: plain sampling), "
+                               f"got {self.strength}")
         if self.jump_length < 1 or self.resample < 1:
             raise DiffuseError(f"jump_length and resample must be >= 1, got {self.jump_length} and {self.resample}")
         if self.format not in FORMATS:

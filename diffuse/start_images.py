@@ -85,8 +85,9 @@ def start_images(config: dict, opts, shape: tuple[int, int, int], sampler: Sampl
         raise DiffuseError("inpainting needs inpaint=NPZ_OR_FOLDER (the images) and mask=" + "|".join(MASKS) +
                            "|NPZ (1 = known pixels) together")
     if inpaint is not None and sampler.facts.multistep:
-        raise DiffuseError(f"sampler {sampler.name} reuses its earlier steps' predictions, which inpainting's replaced "
-                           f"pixels and jumps make stale; inpaint with a one-step sampler (e.g. ddim, ddpm, euler, heun)")
+        raise DiffuseError(f"sampler {sampler.name} reuses its earlier steps' predictions, which inpainting's "
+                           f"replaced pixels and jumps make stale; inpaint with a one-step sampler (e.g. ddim, ddpm, "
+                           f"euler, heun)")
     if init is None and inpaint is None:
         return None
     option, path = ("init", init) if init is not None else ("inpaint", inpaint)

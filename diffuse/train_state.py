@@ -115,6 +115,12 @@ class Resume:
     source: str  # the checkpoint file
 
 
+def read_resume(source: Path, given: str) -> tuple[Resume, dict[str, str]]:
+    """A checkpoint's training state, to continue from (`given`: how resume= named it), and its metadata."""
+    tensors, metadata = load_checkpoint(source)
+    return Resume(tensors, decode(metadata, given), str(source)), metadata
+
+
 def resumed(config: dict, out_dir: Path, experiment: str | None) -> Resume | None:
     """With `resume=`, the checkpoint's training state; its model, schedule, objective, data set, optimizer and
     seed replace this command's (so that it continues exactly), while the `train.*` options stay this command's.
@@ -126,8 +132,7 @@ def resumed(config: dict, out_dir: Path, experiment: str | None) -> Resume | Non
         return None
     source = (own if given == "auto" else find_latest(Path("outputs"), experiment) if given == "latest"
               else resolve_checkpoint(given))
-    tensors, metadata = load_checkpoint(source)
-    state = Resume(tensors, decode(metadata, str(given)), str(source))
+    state, metadata = read_resume(source, str(given))
     trained = metadata_config(metadata)
     trained["objective"] = objective_node(trained, metadata)
     config.pop("parameterization", None)
