@@ -12,15 +12,17 @@ SUBCOMMANDS = {"train": "train a model (conf/train.yaml)", "sample": "draw image
                "eval": "score a checkpoint's samples or image files: FID, KID, precision/recall (conf/eval.yaml)",
                "tune-steps": "search a checkpoint's few-step timesteps; writes walk.json (conf/tune-steps.yaml)",
                "distill": "distil a checkpoint into students of 1-N steps, progressively (conf/distill.yaml)",
+               "interpolate": "walk between noises, or real images through DDIM inversion (conf/interpolate.yaml)",
                "report": "tables and a plot from a folder of eval runs (e.g. an eval multirun)"}
-USAGE = ("usage: diffuse {train,sample,eval,tune-steps,distill} [KEY=VALUE ...] [-m] [--help] [--cfg job]\n"
-         "       diffuse report DIR [--metric fid] [--out DIR]\n\n"
+USAGE = ("usage: diffuse {train,sample,eval,tune-steps,distill,interpolate} [KEY=VALUE ...] [-m] [--help] [--cfg job]\n"
+         "       diffuse report DIR [--metric fid] [--x nfe|strength|start_rmse] [--out DIR]\n\n"
          + "\n".join(f"  {k:<8} {v}" for k, v in SUBCOMMANDS.items())
          + "\n\nExamples:\n  diffuse train dataset=mnist\n  diffuse sample ckpt=outputs/train/<date>/<time> steps=50\n"
          "  diffuse train -m schedule=linear,cosine train.steps=20\n"
          "  diffuse eval ckpt=outputs/train/<date>/<time> n=10000\n"
          "  diffuse tune-steps ckpt=<run> nfe=10 && diffuse sample ckpt=<run> schedule_file=<its walk.json> steps=<k>\n"
          "  diffuse distill ckpt=<run> student_steps=1 && diffuse sample ckpt=<its folder>/steps_2 steps=2\n"
+         "  diffuse interpolate ckpt=<run> images=<two or more images>.npz steps=50\n"
          "  diffuse eval -m ckpt=<run> sampler=ddim,dpmpp_2m steps=5,10,20,50 && diffuse report outputs/eval-multirun/<...>\n\n"
          "`diffuse SUBCOMMAND --help` lists the config groups and their options.")
 
@@ -93,7 +95,9 @@ TASKS = {"train": ("diffuse.train:TrainOptions", "train", "diffuse.run:build_tra
          "sample": ("diffuse.sample:SampleOptions", None, "diffuse.run:build_sample", "diffuse.sample:sample"),
          "eval": ("diffuse.evaluate:EvalOptions", None, "diffuse.run:build_eval", "diffuse.evaluate:evaluate"),
          "tune-steps": ("diffuse.tune_steps:TuneOptions", None, "diffuse.run:build_tune", "diffuse.tune_steps:tune_steps"),
-         "distill": ("diffuse.distill:DistillOptions", None, "diffuse.distill:build_distill", "diffuse.distill:distill")}
+         "distill": ("diffuse.distill:DistillOptions", None, "diffuse.distill:build_distill", "diffuse.distill:distill"),
+         "interpolate": ("diffuse.interpolate:InterpolateOptions", None, "diffuse.interpolate:build_interpolate",
+                         "diffuse.interpolate:interpolate")}
 
 
 def attribute(spec: str):

@@ -10,19 +10,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from diffuse import DiffuseError
+from diffuse.cas import classification_accuracy_score
 from diffuse.features.extractors import KINDS, Extractor, make_extractor
 from diffuse.features.inception_weights import InceptionOptions
 from diffuse.features.reference import Reference, reference_features, write_stats
-from diffuse.generate import GenerationOptions, generate
+from diffuse.generate import generate
 from diffuse.scoring import ScoreSettings, score_images
+from diffuse.start_images import StartOptions, faithfulness, start_record
 from diffuse.ui import interactive, print_metrics, progress_bar
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EvalOptions(GenerationOptions):
-    """The options of `diffuse eval` (defaults: conf/eval.yaml and conf/generate.yaml)."""
+class EvalOptions(StartOptions):
+    """The options of `diffuse eval` (defaults: conf/eval.yaml, conf/start.yaml and conf/generate.yaml)."""
 
     features: str  # classifier | inception | auto (the classifier for 1-channel labelled sets up to 64 px)
     reference_split: str  # the real split the images are scored against: test | train
@@ -34,6 +36,8 @@ class EvalOptions(GenerationOptions):
     inception: InceptionOptions
     samples_range: list[float] | None  # the value range of float images read with samples= ([0,1] or [-1,1])
     save_reference: bool  # also write the reference's statistics to reference_stats.npz
+    cas: bool  # also the classification accuracy score (labelled images): a classifier trained on them alone
+    cas_steps: int  # training steps of that classifier (and of the real baseline beside it)
 
 
     def __post_init__(self) -> None:
@@ -44,8 +48,9 @@ class EvalOptions(GenerationOptions):
             raise DiffuseError(f"features must be auto, classifier or inception, got {self.features!r}")
         if self.reference_split not in ("test", "train"):
             raise DiffuseError(f"reference_split must be test or train, got {self.reference_split!r}")
-        if not 1 <= self.classifier_steps <= 1_000_000:
-            raise DiffuseError(f"classifier_steps must be an integer in 1..1000000, got {self.classifier_steps!r}")
+        for name in ("classifier_steps", "cas_steps"):
+            if not 1 <= getattr(self, name) <= 1_000_000:
+                raise DiffuseError(f"{name} must be an integer in 1..1000000, got {getattr(self, name)!r}")
         self.settings  # checks the scoring protocol
         r = self.samples_range
         if r is not None:
@@ -66,7 +71,7 @@ def evaluate(job, opts: EvalOptions) -> Path:
     t_start = time.perf_counter()
     if not job.world.main:  # under torchrun: share the drawing; rank 0 scores
         if job.loaded is not None:
-            generate(job.loaded.model, job.sampler, opts, job.device, job.classes, world=job.world)
+            generate(job.loaded.model, job.sampler, opts, job.device, job.classes, world=job.world, images=job.images)
         return job.out_dir
     extractor = make_extractor(job.features, job.reference, job.cache_dir, job.device, opts.classifier_steps,
                                opts.inception)
@@ -78,14 +83,15 @@ def evaluate(job, opts: EvalOptions) -> Path:
         batches = -(-len(job.world.shard(opts.n)) // opts.batch_size)
         with progress_bar("generating", batches * opts.steps, interactive()) as bar:
             drawn = generate(job.loaded.model, job.sampler, opts, job.device, job.classes, on_step=bar.update,
-                             world=job.world)
+                             world=job.world, images=job.images)
         images, labels = drawn.images, drawn.labels
         if labels is not None:
             record.update(labels=job.classes, guidance=opts.guidance)
         record.update(checkpoint=str(job.loaded.path), checkpoint_step=job.loaded.step, sampler=job.sampler.name,
                       settings={**job.sampler.settings, "spacing": job.sampler.spacing},
                       spacing=job.sampler.spacing_for(job.loaded.model.schedule, opts.steps), steps=opts.steps,
-                      nfe=drawn.nfe_per_image, precision=drawn.precision, generate_seconds=round(drawn.seconds, 2))
+                      nfe=drawn.nfe_per_image, precision=drawn.precision, generate_seconds=round(drawn.seconds, 2),
+                      start=start_record(job.images, drawn.timesteps))
         source = f"ckpt {job.loaded.path}"
     else:
         images, labels = job.samples.images, job.samples.labels
@@ -98,6 +104,17 @@ def evaluate(job, opts: EvalOptions) -> Path:
     result = score_images(images, ref, extractor, opts.settings, labels, floor)
     if floor is not None:
         result["floor"]["protocol"]["images"] = f"{len(floor.features)} real {other} images"
+    if job.images is not None:  # SDEdit's faithfulness: the distance from each image to the one it started from
+        record["faithfulness"] = faithfulness(images, job.images)
+        result["model"]["start_rmse"] = record["faithfulness"]["rmse"]
+    if opts.cas:  # the recipe on the images, tested on the real test split, beside it on as many real images
+        cas = classification_accuracy_score(images, labels, job.reference("train"), job.reference("test"),
+                                            steps=opts.cas_steps, seed=opts.seed, device=job.device,
+                                            cache_dir=job.cache_dir)
+        record["cas"] = cas
+        result["model"]["cas"] = cas["accuracy"]
+        if result["floor"] is not None:
+            result["floor"]["cas"] = cas["real_accuracy"]
     record.update(metrics=result["model"], floor=result["floor"], score_seconds=result["score_seconds"],
                   wall_seconds=round(time.perf_counter() - t_start, 2), options=asdict(opts))
     job.out_dir.mkdir(parents=True, exist_ok=True)

@@ -128,14 +128,17 @@ def edit_walk(ts: list[float], strength: float) -> list[float]:
 def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, device: torch.device,
              classes: list[int] | None = None, *, on_step: Callable[[int], None] | None = None,
              observe: Observer | None = None, world: World = World(), images: StartImages | None = None,
-             ) -> Generated | None:
+             noise: Tensor | None = None) -> Generated | None:
     """Draw opts.n images of `model` with `sampler`; image i asks for classes[i % len(classes)] (conditional
     models). `on_step(k)` reports the k-th sampler step overall; `observe` sees every denoiser call. Under
     torchrun each rank draws its block of the indices and rank 0 gets them all (the other ranks get None): image
     i is seeded from (seed, i), so the images are those of one process. With `images`, image i starts from image
     i % m too: SDEdit (its own noise takes it to the walk's first timestep at strength < 1, where `edit_walk`
-    starts; strength 0 returns it as it is, 1 samples from that noise alone) or RePaint (`repaint.inpaint`)."""
+    starts; strength 0 returns it as it is, 1 samples from that noise alone) or RePaint (`repaint.inpaint`).
+    With `noise` (n,C,H,W), image i starts from noise[i] instead of its seeded draw (interpolation, inversion)."""
     ts = sampler.check(model.schedule, opts.steps)
+    if noise is not None and tuple(noise.shape) != (opts.n, *model.shape):
+        raise DiffuseError(f"noise of shape {list(noise.shape)} for {opts.n} images of {list(model.shape)}")
     masked = images is not None and images.mask is not None
     editing = images is not None and not masked and images.strength < 1
     if editing:
@@ -148,6 +151,8 @@ def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, d
     for start in range(mine.start, mine.stop, opts.batch_size):
         b = min(opts.batch_size, mine.stop - start)
         x_T, gens = start_noise(model.shape, opts.seed, start, b, device)  # (b,C,H,W)
+        if noise is not None:
+            x_T = noise[start:start + b].to(device=device, dtype=x_T.dtype)
         known, mask = images.known(torch.arange(start, start + b)) if images is not None else (None, None)
         if editing:  # x_t = alpha_t x0 + sigma_t eps at the walk's start
             if len(ts) == 1:  # strength 0: no step

@@ -1,4 +1,4 @@
-"""Tensors <-> uint8 images, and grids."""
+"""Tensors <-> uint8 images, grids, and distances between images."""
 
 from __future__ import annotations
 
@@ -33,3 +33,13 @@ def save_png(image: np.ndarray, path: Path) -> None:
     """Write one (H,W,C) uint8 image, C in {1, 3}."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+
+
+def image_distance(a: np.ndarray, b: np.ndarray) -> dict:
+    """Per-image distance of (N,H,W,C) uint8 images a from b, averaged: RMSE in [0, 1] units (and its worst image),
+    PSNR in dB, and the largest difference of one pixel in uint8 levels."""
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    rmse = np.sqrt((diff ** 2).reshape(len(diff), -1).mean(1)) / 255  # (N,)
+    return {"images": len(diff), "rmse": float(rmse.mean()), "rmse_max": float(rmse.max()),
+            "psnr_db": float(np.mean(20 * np.log10(1 / np.maximum(rmse, 1e-12)))),
+            "max_abs_uint8": int(np.abs(diff).max())}

@@ -1,5 +1,6 @@
 """`diffuse report DIR`: every metrics.json under DIR (e.g. an eval multirun) as a Markdown table, a CSV and a
-PNG plot of one metric against NFE, one line per sampler."""
+PNG plot of one metric against NFE (or against SDEdit's strength, or the distance to the start images), one line
+per sampler."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from pathlib import Path
 
 from diffuse import DiffuseError
 
-COLUMNS = ("sampler", "spacing", "steps", "nfe", "n", "guidance", "checkpoint_step", "fid", "kid", "precision",
-           "recall", "classifier_score", "class_coverage", "conditional_accuracy", "floor_fid", "generate_seconds", "run")
-METRICS = ("fid", "kid", "precision", "recall", "classifier_score", "class_coverage", "conditional_accuracy")
-LOWER_IS_BETTER = {"fid", "kid", "class_tv"}
+COLUMNS = ("sampler", "spacing", "steps", "nfe", "n", "guidance", "strength", "checkpoint_step", "fid", "kid",
+           "precision", "recall", "classifier_score", "class_coverage", "conditional_accuracy", "cas", "start_rmse",
+           "floor_fid", "generate_seconds", "run")
+METRICS = ("fid", "kid", "precision", "recall", "classifier_score", "class_coverage", "conditional_accuracy", "cas",
+           "start_rmse")
+AXES = {"nfe": "network evaluations per image (NFE)", "strength": "strength (SDEdit: share of the walk)",
+        "start_rmse": "RMSE to the start image (faithfulness: lower is closer)"}
+LOWER_IS_BETTER = {"fid", "kid", "class_tv", "start_rmse"}
 
 
 def collect(root: Path) -> tuple[list[dict], list[str]]:
@@ -34,6 +39,7 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
             spacing = walked if walked in ("tuned", "distilled") else settings.get("spacing")
             rows.append({"sampler": sampler, "spacing": spacing, "steps": record.get("steps"), "nfe": record.get("nfe"),
                          "n": record.get("n"), "guidance": (record.get("options") or {}).get("guidance"),
+                         "strength": (record.get("start") or {}).get("strength"),
                          "checkpoint_step": record.get("checkpoint_step"), **{k: m.get(k) for k in COLUMNS if k in m},
                          "floor_fid": floor.get("fid"), "generate_seconds": record.get("generate_seconds"),
                          "run": str(path.parent.relative_to(root)) or ".", "features": record["features"]["name"]})
@@ -74,9 +80,9 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot(rows: list[dict], path: Path, metric: str) -> bool:
-    """`metric` against NFE (log axis), one line per sampler and spacing; the floor as a dashed line. False if
-    nothing to plot."""
+def plot(rows: list[dict], path: Path, metric: str, x: str = "nfe") -> bool:
+    """`metric` against `x` (NFE on a log axis, strength, start_rmse), one line per sampler and spacing (and step
+    count, off the NFE axis); the floor as a dashed line. False if nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,9 +90,10 @@ def plot(rows: list[dict], path: Path, metric: str) -> bool:
 
     lines: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
-        if isinstance(r.get("nfe"), (int, float)) and isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]):
+        if isinstance(r.get(x), (int, float)) and isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]):
             label = r["sampler"] + (f" ({r['spacing']})" if r.get("spacing") else "")
-            lines.setdefault(label, []).append((r["nfe"], r[metric]))
+            label += f", {r['steps']} steps" if x != "nfe" and r.get("steps") is not None else ""
+            lines.setdefault(label, []).append((r[x], r[metric]))
     if not lines:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -96,13 +103,15 @@ def plot(rows: list[dict], path: Path, metric: str) -> bool:
     floors = [r["floor_fid"] for r in rows if metric == "fid" and isinstance(r.get("floor_fid"), (int, float))]
     if floors:
         ax.axhline(min(floors), color="grey", linestyle="--", linewidth=1, label="floor (real data)")
-    ax.set_xscale("log")
-    ticks = sorted({p[0] for pts in lines.values() for p in pts})
-    ax.set_xticks(ticks, [str(int(t)) for t in ticks])
-    ax.minorticks_off()
+    if x == "nfe":
+        ax.set_xscale("log")
+        ticks = sorted({p[0] for pts in lines.values() for p in pts})
+        ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+        ax.minorticks_off()
+
     if metric in LOWER_IS_BETTER and all(p[1] > 0 for pts in lines.values() for p in pts):
         ax.set_yscale("log")
-    ax.set_xlabel("network evaluations per image (NFE)")
+    ax.set_xlabel(AXES[x])
     ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else " (higher is better)"))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -112,7 +121,7 @@ def plot(rows: list[dict], path: Path, metric: str) -> bool:
     return True
 
 
-def report(root: str | Path, metric: str = "fid", out: str | Path | None = None) -> list[Path]:
+def report(root: str | Path, metric: str = "fid", out: str | Path | None = None, x: str = "nfe") -> list[Path]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DiffuseError(f"{root} is not a folder; give the folder of eval runs (e.g. outputs/eval-multirun/<date>/<time>)")
@@ -122,24 +131,28 @@ def report(root: str | Path, metric: str = "fid", out: str | Path | None = None)
                            "; run `diffuse eval` (or `diffuse eval -m ...`) into it first"))
     if metric not in METRICS:
         raise DiffuseError(f"--metric {metric!r} is not reported; allowed: {', '.join(METRICS)}")
+    if x not in AXES or x == metric:
+        raise DiffuseError(f"--x {x!r} is not an axis for --metric {metric}; allowed: {', '.join(AXES)}")
     out_dir = Path(out).expanduser() if out else root
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "report.md", out_dir / "report.csv"]
     write_markdown(rows, written[0], metric, skipped)
     write_csv(rows, written[1])
-    if plot(rows, out_dir / f"report_{metric}.png", metric):
-        written.append(out_dir / f"report_{metric}.png")
+    picture = out_dir / (f"report_{metric}.png" if x == "nfe" else f"report_{metric}_vs_{x}.png")
+    if plot(rows, picture, metric, x):
+        written.append(picture)
     return written
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="diffuse report", description=__doc__)
     parser.add_argument("dir", help="a folder holding eval runs (searched recursively for metrics.json)")
-    parser.add_argument("--metric", default="fid", help="the metric to plot against NFE (default fid)")
+    parser.add_argument("--metric", default="fid", help="the metric to plot (default fid)")
     parser.add_argument("--out", default=None, help="where to write report.md/.csv/.png (default: DIR)")
+    parser.add_argument("--x", default="nfe", help=f"the plot's horizontal axis: {', '.join(AXES)} (default nfe)")
     args = parser.parse_args(argv)
     try:
-        written = report(args.dir, args.metric, args.out)
+        written = report(args.dir, args.metric, args.out, args.x)
     except DiffuseError as e:
         print(f"diffuse report: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -15,6 +15,7 @@ from torch import nn
 
 from diffuse import DiffuseError, config as nodes, distributed
 from diffuse import train_state
+from diffuse.cas import check_drawn
 from diffuse.checkpoint import LoadedModel, load_model
 from diffuse.config import DATASETS, MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, build
 from diffuse.data import ImageData
@@ -95,6 +96,7 @@ class EvalJob:
     classes: list[int] | None = None
     samples: ImageSet | None = None  # with samples=: the images to score, as read
     samples_path: Path | None = None
+    images: StartImages | None = None  # with ckpt=: what generation starts from besides noise (init=, inpaint=)
 
 
 def dataset_builder(node: dict, built: dict[str, ImageData] | None = None) -> Callable[[str], ImageData]:
@@ -240,8 +242,10 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
     file, the extractor's weights file; then the reference data set is read when one is needed."""
     config = nodes.plain(cfg)
     has_ckpt, has_samples = config.get("ckpt") is not None, config.get("samples") is not None
-    if has_samples and (config.get("labels") is not None or config.get("label") is not None or opts.guidance != 1.0):
-        raise DiffuseError("labels and guidance apply to generating (ckpt=); samples= scores the images as they are")
+    if has_samples and (opts.guidance != 1.0 or opts.strength != 1.0 or any(config.get(k) is not None for k in (
+            "labels", "label", "init", "inpaint", "mask"))):
+        raise DiffuseError("labels, guidance, init=, strength, inpaint= and mask= apply to generating (ckpt=); "
+                           "samples= scores the images as they are")
     if has_ckpt == has_samples:
         raise DiffuseError("give exactly one of ckpt=PATH (generate from a checkpoint) or samples=PATH (score an "
                            ".npz or a folder of images)")
@@ -250,6 +254,7 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
     if has_ckpt:
         job.loaded, job.sampler, job.classes = loaded_checkpoint(config, opts.steps, ctx.overrides)
         shape = job.loaded.model.shape
+        job.images = start_images(config, opts, shape, job.sampler)
     else:
         job.samples_path = Path(str(config["samples"])).expanduser()
         job.samples = read_images(job.samples_path, opts.samples_range)
@@ -262,13 +267,16 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
                                f"(C,H,W), and these are {list(shape)}")
     if job.features == "inception":  # absent and not downloadable: fail before reading any data
         locate_weights(opts.inception, job.cache_dir)
-    if job.stats_file is None or opts.floor or job.features == "classifier":
+    if job.stats_file is None or opts.floor or job.features == "classifier" or opts.cas:
         why = ("samples= needs the data set to score against" if job.stats_file is None else
                "floor=true scores real images of a data set (floor=false scores against reference= alone)"
                if opts.floor else "classifier statistics need the classifier, trained on a data set")
         job.reference = dataset_builder(reference_node(config, job.loaded, why))
         job.data = job.reference(opts.reference_split)
         check_real_data(job, shape, opts)
+        if opts.cas:
+            check_drawn(job.classes if job.loaded else job.samples.labels, opts.n if job.loaded else len(
+                job.samples.images), job.data, f"ckpt={job.loaded.path}" if job.loaded else f"samples {job.samples_path}")
     if job.loaded is not None:
         job.loaded.model.network.to(job.device)
     return job

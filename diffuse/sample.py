@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from diffuse import DiffuseError
-from diffuse.generate import GenerationOptions, generate
+from diffuse.generate import generate
 from diffuse.images import grid, save_png, to_uint8
+from diffuse.start_images import StartOptions, start_record
 from diffuse.ui import interactive, progress_bar
 
 log = logging.getLogger(__name__)
@@ -20,23 +21,15 @@ FORMATS = ("npz", "adm", "folder")
 
 
 @dataclass(frozen=True)
-class SampleOptions(GenerationOptions):
-    """The options of `diffuse sample` (defaults: conf/sample.yaml and conf/generate.yaml)."""
+class SampleOptions(StartOptions):
+    """The options of `diffuse sample` (defaults: conf/sample.yaml, conf/start.yaml and conf/generate.yaml)."""
 
     png: bool  # also write one PNG per image under images/
     trajectory: bool  # also draw trajectory.png: x_t and the predicted x0 across the steps
     format: str  # npz | adm (samples.npz with ADM's keys) | folder (also images/<class>/<i>.png)
-    strength: float  # image-to-image (SDEdit, with init=): the share of the walk from the init image (1: from noise)
-    jump_length: int  # inpainting (RePaint): steps walked back at each jump
-    resample: int  # inpainting: times each jump point is walked (1: no jumps)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.strength <= 1:
-            raise DiffuseError(f"strength must be in [0, 1] (0: the init image itself, 1: plain sampling), "
-                               f"got {self.strength}")
-        if self.jump_length < 1 or self.resample < 1:
-            raise DiffuseError(f"jump_length and resample must be >= 1, got {self.jump_length} and {self.resample}")
         if self.format not in FORMATS:
             raise DiffuseError(f"format must be {' or '.join(FORMATS)}, got {self.format!r}")
 
@@ -85,18 +78,6 @@ def write_folder(images: np.ndarray, labels: np.ndarray | None, root: Path, num_
     for i, img in enumerate(images):
         sub = root if labels is None else root / f"{int(labels[i]):0{width}d}"
         save_png(img, sub / f"{i:06d}.png")
-
-
-def start_record(images, ts: list[float]) -> dict | None:
-    """What sampling.json says of the images sampling started from (init= or inpaint=)."""
-    if images is None:
-        return None
-    if images.mask is None:
-        return {"mode": "image-to-image", "source": images.source, "images": len(images.images),
-                "strength": images.strength, "steps_walked": len(ts) - 1}
-    return {"mode": "inpainting", "source": images.source, "images": len(images.images), "masks": len(images.mask),
-            "known_share": round(images.mask.mean().item(), 4), "jump_length": images.jump,
-            "resample": images.resample}
 
 
 def sample(job, opts: SampleOptions) -> Path:

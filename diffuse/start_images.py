@@ -11,11 +11,30 @@ import torch
 from torch import Tensor
 
 from diffuse import DiffuseError
-from diffuse.generate import sample_seed
+from diffuse.generate import GenerationOptions, sample_seed
 from diffuse.image_files import read_images
+from diffuse.images import image_distance, to_uint8
 from diffuse.samplers import Sampler
 
 MASKS = ("centre", "half", "random")  # presets; 1 = known (kept), 0 = filled in
+
+
+@dataclass(frozen=True)
+class StartOptions(GenerationOptions):
+    """The options of generating from images besides noise, shared by `diffuse sample` and `diffuse eval`
+    (defaults: conf/start.yaml); the images themselves (init=, inpaint=, mask=) are read by `start_images`."""
+
+    strength: float  # image-to-image (SDEdit, with init=): the share of the walk from the init image (1: from noise)
+    jump_length: int  # inpainting (RePaint): steps walked back at each jump
+    resample: int  # inpainting: times each jump point is walked (1: no jumps)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.strength <= 1:
+            raise DiffuseError(f"strength must be in [0, 1] (0: the init image itself, 1: plain sampling), "
+                               f"got {self.strength}")
+        if self.jump_length < 1 or self.resample < 1:
+            raise DiffuseError(f"jump_length and resample must be >= 1, got {self.jump_length} and {self.resample}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,16 @@ def read_mask(path: str, count: int, shape: tuple[int, int, int]) -> Tensor:
     return torch.from_numpy(array.astype(np.float32)).unsqueeze(1)
 
 
+def model_images(path: str, option: str, shape: tuple[int, int, int]) -> Tensor:
+    """The images an option names (an .npz or a folder), which must be of the model's (C,H,W): (m,C,H,W) in [-1, 1]."""
+    images = read_images(path, None, option).images  # (m,H,W,C) uint8
+    C, H, W = shape
+    if images.shape[1:] != (H, W, C):
+        raise DiffuseError(f"{option}={path} has images of {images.shape[1]}x{images.shape[2]} with {images.shape[3]} "
+                           f"channel(s), and the model makes {H}x{W} with {C}")
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def start_images(config: dict, opts, shape: tuple[int, int, int], sampler: Sampler) -> StartImages | None:
     """init= (with strength) or inpaint= (with mask=, jump_length, resample), checked; None for plain sampling."""
     init, inpaint, mask = config.get("init"), config.get("inpaint"), config.get("mask")
@@ -91,14 +120,26 @@ def start_images(config: dict, opts, shape: tuple[int, int, int], sampler: Sampl
     if init is None and inpaint is None:
         return None
     option, path = ("init", init) if init is not None else ("inpaint", inpaint)
-    images = read_images(str(path), None, option).images  # (m,H,W,C) uint8
-    C, H, W = shape
-    if images.shape[1:] != (H, W, C):
-        raise DiffuseError(f"{option}={path} has images of {images.shape[1]}x{images.shape[2]} with {images.shape[3]} "
-                           f"channel(s), and the model makes {H}x{W} with {C}")
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (m,C,H,W) in [-1, 1]
+    x = model_images(str(path), option, shape)
     if init is not None:
         return StartImages(x, str(path), strength=opts.strength)
     masks = (preset_mask(mask, len(x) if mask == "random" else 1, shape, opts.seed) if mask in MASKS
              else read_mask(str(mask), len(x), shape))
     return StartImages(x, str(path), mask=masks, jump=opts.jump_length, resample=opts.resample)
+
+
+def start_record(images: StartImages | None, ts: list[float]) -> dict | None:
+    """What sampling.json and metrics.json say of the images generation started from (init= or inpaint=)."""
+    if images is None:
+        return None
+    if images.mask is None:
+        return {"mode": "image-to-image", "source": images.source, "images": len(images.images),
+                "strength": images.strength, "steps_walked": len(ts) - 1}
+    return {"mode": "inpainting", "source": images.source, "images": len(images.images), "masks": len(images.mask),
+            "known_share": round(images.mask.mean().item(), 4), "jump_length": images.jump,
+            "resample": images.resample}
+
+
+def faithfulness(images: np.ndarray, start: StartImages) -> dict:
+    """How far generated images (n,H,W,C) uint8 are from the images they started from (image i from image i % m)."""
+    return image_distance(images, to_uint8(start.images[torch.arange(len(images)) % len(start.images)]))

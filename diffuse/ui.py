@@ -55,7 +55,8 @@ def progress_bar(description: str, total: int, enabled: bool) -> Iterator[Bar]:
 METRIC_ROWS = (("fid", "FID", "lower"), ("kid", "KID", "lower"), ("precision", "precision", "higher"),
                ("recall", "recall", "higher"), ("classifier_score", "classifier score", "higher"),
                ("class_coverage", "class coverage", "higher"), ("class_tv", "class TV distance", "lower"),
-               ("conditional_accuracy", "conditional accuracy", "higher"))
+               ("conditional_accuracy", "conditional accuracy", "higher"),
+               ("cas", "classification accuracy score", "higher"))
 
 
 def _fmt(key: str, values: dict | None) -> str:

@@ -82,6 +82,18 @@ TINY_TRAIN = ("model=unet_tiny", "train.steps=6", "train.batch_size=8", "train.l
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_root) -> Path:
+    """A folder holding `run` (a TINY_TRAIN run on MNIST) and `init.npz` (3 random 28x28 grey images), shared by
+    the tests of what a checkpoint does beyond sampling from noise."""
+    import numpy as np
+
+    cwd = tmp_path_factory.mktemp("tiny_run")
+    run_cli("train", *TINY_TRAIN, "hydra.run.dir=run", cwd=cwd)
+    np.savez(cwd / "init.npz", images=np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8))
+    return cwd
+
+
+@pytest.fixture(scope="session")
 def eval_cache(tmp_path_factory, data_root) -> Path:
     """A cache folder holding the MNIST classifier (trained once per test session, ~2 min) and the reference
     features of the MNIST test split: what `diffuse eval` and `train.eval_every` build at their first use."""

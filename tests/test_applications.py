@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, cli_in_process, group_options, run_cli, sampler_from_yaml
+from conftest import cli_in_process, group_options, run_cli, sampler_from_yaml
 from diffuse.generate import edit_walk
 from diffuse.repaint import inpaint, repaint_path
 from diffuse.samplers.noise import randn_like
@@ -15,13 +15,9 @@ from diffuse.schedules.linear import linear
 ONE_STEP = [name for name in group_options("sampler") if not sampler_from_yaml(name).facts.multistep]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, data_root):
-    cwd = tmp_path_factory.mktemp("applications")
-    run_cli("train", *TINY_TRAIN, "hydra.run.dir=run", cwd=cwd)
-    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
-    np.savez(cwd / "init.npz", images=images)
-    return cwd
+@pytest.fixture
+def run(tiny_run):
+    return tiny_run
 
 
 def test_edit_walk_keeps_the_last_strength_share_of_the_walk():
@@ -60,7 +56,10 @@ def test_strength_0_returns_the_input_1_is_plain_sampling_and_between_walks_the_
                                                   "sampling), got 1.5"),
     ("sample", ("strength=0.5",), "strength=0.5 applies to image-to-image sampling: give init=NPZ_OR_FOLDER"),
     ("sample", ("init=missing.npz",), "init=missing.npz: expected an .npz file or a folder of images"),
-    ("eval", ("init=init.npz", "n=4"), "Could not override 'init'"),  # sample's option only
+    ("eval", ("samples=init.npz", "init=init.npz"), "labels, guidance, init=, strength, inpaint= and mask= apply to "
+                                                    "generating (ckpt=)"),
+    ("eval", ("samples=init.npz", "strength=0.5"), "samples= scores the images as they are"),
+    ("eval", ("init=init.npz", "strength=-0.1"), "strength must be in [0, 1]"),
     ("tune-steps", ("strength=0.5",), "Could not override 'strength'"),
 ])
 def test_image_to_image_refuses_bad_input_in_one_line(run, command, args, expected):
@@ -69,6 +68,33 @@ def test_image_to_image_refuses_bad_input_in_one_line(run, command, args, expect
     proc = cli_in_process(command, "ckpt=run", *args, "hydra.run.dir=refused", cwd=run, check=False)
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (run / "refused" / "samples.npz").exists()
+
+
+def test_eval_from_init_images_scores_their_distance_to_the_images_and_report_plots_the_trade_off(run, eval_cache,
+                                                                                                 tmp_path):
+    """`diffuse eval ckpt=... init=... strength=s` draws what `diffuse sample` draws from them and records how far
+    each image moved (0 at strength 0); `diffuse report --x start_rmse` plots FID against that distance."""
+    from conftest import cached
+
+    common = (f"ckpt={run / 'run'}", f"init={run / 'init.npz'}", "n=6", "steps=4", "kid_subset_size=6", "floor=false")
+    for strength in (0, 0.5, 1):
+        run_cli("eval", *common, f"strength={strength}", f"hydra.run.dir=sweep/s{strength}", cwd=tmp_path,
+                env=cached(eval_cache))
+    cli_in_process("sample", *common[:4], "strength=0.5", "hydra.run.dir=drawn", cwd=tmp_path)
+    records = {s: json.loads((tmp_path / "sweep" / f"s{s}" / "metrics.json").read_text()) for s in (0, 0.5, 1)}
+    assert records[0]["faithfulness"]["rmse"] == 0 and records[0]["metrics"]["start_rmse"] == 0
+    images = drawn(tmp_path / "drawn")[0]
+    init = np.load(run / "init.npz")["images"][np.arange(6) % 3].astype(float)
+    rmse = np.sqrt(((images - init) ** 2).reshape(6, -1).mean(1)) / 255
+    assert records[0.5]["faithfulness"]["rmse"] == pytest.approx(rmse.mean()) and rmse.mean() > 0
+    assert records[0.5]["start"]["strength"] == 0.5 and records[0.5]["start"]["steps_walked"] == 2
+    assert records[1]["faithfulness"]["rmse"] > 0 and records[1]["nfe"] == 4
+    proc = run_cli("report", str(tmp_path / "sweep"), "--x", "start_rmse", cwd=tmp_path)
+    assert (tmp_path / "sweep" / "report_fid_vs_start_rmse.png").is_file(), proc.stdout
+    table = (tmp_path / "sweep" / "report.md").read_text()
+    assert "| strength |" in table and "| start_rmse |" in table
+    bad = run_cli("report", str(tmp_path / "sweep"), "--x", "fid", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "--x 'fid' is not an axis for --metric fid; allowed: nfe, strength" in bad.stderr
 
 
 def test_repaint_walks_back_at_each_jump_point_resample_minus_one_times():

@@ -12,11 +12,9 @@ from safetensors import safe_open
 from conftest import TINY_TRAIN, cli_in_process, composed, group_options, run_cli
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_root) -> Path:
-    cwd = tmp_path_factory.mktemp("train")
-    run_cli("train", *TINY_TRAIN, "hydra.run.dir=run", cwd=cwd)
-    return cwd / "run"
+@pytest.fixture
+def trained(tiny_run) -> Path:
+    return tiny_run / "run"
 
 
 def test_train_writes_a_complete_run_directory(trained):

@@ -164,3 +164,65 @@ def test_eval_reports_conditional_accuracy(cond_run, eval_cache, tmp_path):
     m = record["metrics"]
     assert 0 <= m["conditional_accuracy"] <= 1 and len(m["conditional_accuracy_per_class"]) == 10
     assert record["guidance"] == 2.0 and record["labels"] == list(range(10)) and record["nfe"] == 4
+
+
+def test_balanced_subset_takes_the_classes_in_turn_and_depends_only_on_its_seed():
+    from diffuse.cas import balanced_subset
+    from diffuse.data import ImageData
+
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 5)  # unbalanced; class 2 runs out
+    data = ImageData(torch.zeros(85, 1, 4, 4, dtype=torch.uint8), labels, 3, "toy")
+    index = balanced_subset(data, 21, seed=4)
+    assert sorted(labels[index].tolist()) == [0] * 8 + [1] * 8 + [2] * 5  # 5 of class 2, the rest shared
+    assert len(set(index.tolist())) == 21 and torch.equal(index, balanced_subset(data, 21, seed=4))
+    assert not torch.equal(index, balanced_subset(data, 21, seed=5))
+    assert sorted(labels[balanced_subset(data, 9, seed=0)].tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    with pytest.raises(DiffuseError, match="a subset of 86 images of toy, which has 85"):
+        balanced_subset(data, 86, seed=0)
+
+
+def test_cas_of_real_images_is_the_real_baseline_and_wrong_labels_score_near_zero(data_root, eval_cache, tmp_path):
+    """samples= holding the very images the real baseline trains on (same order, same labels) gets its accuracy
+    exactly; the same images with every label moved to the next class get almost none: the score reads labels."""
+    from conftest import cached
+    from diffuse.cas import balanced_subset
+    from diffuse.datasets.mnist import mnist
+
+    train = mnist(str(data_root), True, False)
+    index = balanced_subset(train, 300, seed=0)
+    images, labels = train.images[index].permute(0, 2, 3, 1).numpy(), train.labels[index].numpy()
+    np.savez(tmp_path / "real.npz", images=images, labels=labels)
+    np.savez(tmp_path / "shifted.npz", images=images, labels=(labels + 1) % 10)
+    common = ("dataset=mnist", "cas=true", "cas_steps=60", "floor=false", "kid_subset_size=100")
+    for name in ("real", "shifted"):
+        run_cli("eval", f"samples={name}.npz", *common, f"hydra.run.dir={name}", cwd=tmp_path, env=cached(eval_cache))
+    real, shifted = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("real", "shifted"))
+    assert real["cas"]["accuracy"] == real["cas"]["real_accuracy"] > 0.8 and real["metrics"]["cas"] > 0.8
+    assert shifted["cas"]["accuracy"] < 0.05 and shifted["cas"]["real_accuracy"] == real["cas"]["real_accuracy"]
+    assert real["cas"]["n"] == 300 and real["cas"]["steps"] == 60 and "10000 images" in real["cas"]["tested_on"]
+    assert len(list(eval_cache.glob("cas-real-mnist-*-n300-s60-seed0-*.json"))) == 1  # trained once, then read
+
+
+def test_eval_of_a_conditional_checkpoint_reports_cas_beside_the_real_recipe(cond_run, eval_cache, tmp_path):
+    from conftest import cached
+
+    run_cli("eval", f"ckpt={cond_run}", "n=20", "steps=2", "cas=true", "cas_steps=20", "kid_subset_size=10",
+            "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
+    record = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    cas = record["cas"]
+    assert 0 <= cas["accuracy"] <= 1 and cas["n"] == 20 and cas["ratio"] == pytest.approx(cas["accuracy"] /
+                                                                                           cas["real_accuracy"])
+    assert record["metrics"]["cas"] == cas["accuracy"] and record["floor"]["cas"] == cas["real_accuracy"]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("labels=[3,7]",), "cas=true trains a classifier of all 10 classes on the images, and ckpt="),
+    (("n=5",), "gives none of class(es) [5, 6, 7, 8, 9]: draw every class (labels=all, n >= 10)"),
+    (("samples=unlabelled.npz", "ckpt=null", "dataset=mnist"), "cas=true needs labelled images, and samples "),
+])
+def test_cas_refuses_images_it_cannot_score_in_one_line(cond_run, args, expected, tmp_path):
+    np.savez(tmp_path / "unlabelled.npz", images=np.zeros((20, 28, 28, 1), np.uint8))
+    proc = cli_in_process("eval", f"ckpt={cond_run}", "cas=true", "n=20", "steps=2", *args, "hydra.run.dir=no",
+                          cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "no" / "metrics.json").exists()

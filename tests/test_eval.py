@@ -23,11 +23,9 @@ from diffuse.image_files import read_images
 METRICS = ("fid", "kid", "kid_std", "precision", "recall", "classifier_score", "class_coverage", "class_tv")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_root) -> Path:
-    cwd = tmp_path_factory.mktemp("train")
-    run_cli("train", *TINY_TRAIN, "hydra.run.dir=run", cwd=cwd)
-    return cwd / "run"
+@pytest.fixture
+def trained(tiny_run) -> Path:
+    return tiny_run / "run"
 
 
 def test_the_mnist_classifier_reaches_99_percent_and_is_cached(eval_cache):

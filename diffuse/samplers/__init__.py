@@ -40,6 +40,8 @@ class Facts:
     finite_start: bool  # needs a finite sigma_t / alpha_t at its first timestep (so no zero terminal SNR)
     check: Callable[..., None] | None  # check(schedule, **settings): refuses bad settings before any work
     multistep: bool = False  # its steps reuse earlier steps' predictions (so a walk cannot be changed between steps)
+    invertible: Callable[..., bool] | None = None  # invertible(**settings): whether its walk is DDIM's deterministic
+    # update, which diffuse.inversion.invert runs backwards (None: never)
 
 
 def one_per_step(steps: int) -> int:
@@ -47,11 +49,12 @@ def one_per_step(steps: int) -> int:
 
 
 def declare(*, order: int | None, evaluations: Callable[[int], int] = one_per_step, finite_start: bool = False,
-            check: Callable[..., None] | None = None, multistep: bool = False) -> Callable[[Callable], Callable]:
+            check: Callable[..., None] | None = None, multistep: bool = False,
+            invertible: Callable[..., bool] | None = None) -> Callable[[Callable], Callable]:
     """Attach an algorithm's `Facts` to it as `algorithm.facts`."""
 
     def attach(algorithm: Callable) -> Callable:
-        algorithm.facts = Facts(order, evaluations, finite_start, check, multistep)
+        algorithm.facts = Facts(order, evaluations, finite_start, check, multistep, invertible)
         return algorithm
 
     return attach
@@ -80,6 +83,11 @@ class Sampler:
     @property
     def facts(self) -> Facts:
         return self.algorithm.facts
+
+    @property
+    def invertible(self) -> bool:
+        """Whether its walk, with these settings, is DDIM's deterministic update (so DDIM inversion undoes it)."""
+        return self.facts.invertible is not None and bool(self.facts.invertible(**self.settings))
 
     def spacing_for(self, schedule: Schedule, steps: int) -> str:
         """The spacing a walk of `steps` steps on `schedule` takes (`tuned`/`distilled` for a given walk): the

@@ -12,7 +12,7 @@ from diffuse.samplers.noise import Generators
 from diffuse.schedule import Schedule
 
 
-@declare(order=1)
+@declare(order=1, invertible=lambda: True)
 def euler(
     denoiser: Denoiser,
     schedule: Schedule,

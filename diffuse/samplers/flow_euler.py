@@ -14,7 +14,7 @@ from diffuse.schedule import Schedule
 from diffuse.schedules.flow import flow_time
 
 
-@declare(order=1)
+@declare(order=1, invertible=lambda: True)
 def flow_euler(
     denoiser: Denoiser,
     schedule: Schedule,
