@@ -47,7 +47,8 @@ def real_accuracy(train: ImageData, test: ImageData, n: int, *, steps: int, seed
                   cache_dir: Path) -> float:
     """The recipe trained on n real training images (`balanced_subset`), tested on the test split; cached per
     data set, n, steps and seed (a JSON file in the evaluation cache)."""
-    path = cache_dir / f"cas-real-{train.name}-{fingerprint(train)}-{fingerprint(test)}-n{n}-s{steps}-seed{seed}-v{VERSION}.json"
+    path = cache_dir / (f"cas-real-{train.name}-{fingerprint(train)}-{fingerprint(test)}-n{n}-s{steps}-seed{seed}"
+                        f"-v{VERSION}.json")
     if path.is_file():
         try:
             return float(json.loads(path.read_text())["accuracy"])
@@ -61,9 +62,12 @@ def real_accuracy(train: ImageData, test: ImageData, n: int, *, steps: int, seed
     return acc
 
 
-def check_drawn(labels, n: int, data: ImageData, source: str) -> None:
-    """Before any work: the images are labelled (the classes a checkpoint draws in turn, or a file's labels) and
-    every class of the data set is among the n drawn."""
+def check_drawn(labels, n: int, data: ImageData, test: ImageData, source: str) -> None:
+    """Before any work: the images are labelled (the classes a checkpoint draws in turn, or a file's labels),
+    every class of the data set is among the n drawn, and the train split `data` has n images for the baseline."""
+    if n > len(data):
+        raise DiffuseError(f"cas=true trains the real baseline on as many training images as there are images "
+                           f"({n}), and {data.name}'s train split has {len(data)}: use n <= {len(data)}")
     if data.num_classes < 2:
         raise DiffuseError(f"cas=true needs a labelled data set, and {data.name} has no classes")
     if labels is None:
@@ -81,7 +85,7 @@ def classification_accuracy_score(images: np.ndarray, labels: np.ndarray, train:
                                   steps: int, seed: int, device: torch.device, cache_dir: Path) -> dict:
     """CAS of generated images (N,H,W,C) uint8 with the classes they were drawn for (N,), next to the same recipe
     on N real images. Every class must be drawn (the test split has them all)."""
-    check_drawn(labels, len(labels), test, "the images")  # checked before the drawing too (run.build_eval)
+    check_drawn(labels, len(labels), train, test, "the images")  # checked before the drawing too (run.build_eval)
     t0 = time.perf_counter()
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N,C,H,W) uint8
     generated = recipe_accuracy(x, torch.from_numpy(labels).long(), test, steps=steps, seed=seed, device=device)

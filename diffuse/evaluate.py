@@ -104,7 +104,8 @@ def evaluate(job, opts: EvalOptions) -> Path:
     result = score_images(images, ref, extractor, opts.settings, labels, floor)
     if floor is not None:
         result["floor"]["protocol"]["images"] = f"{len(floor.features)} real {other} images"
-    if job.images is not None:  # SDEdit's faithfulness: the distance from each image to the one it started from
+    if job.images is not None and job.images.mask is None:  # SDEdit's faithfulness: each image's distance to its
+        # init image (inpainting keeps the known pixels exactly, so the distance says little there)
         record["faithfulness"] = faithfulness(images, job.images)
         result["model"]["start_rmse"] = record["faithfulness"]["rmse"]
     if opts.cas:  # the recipe on the images, tested on the real test split, beside it on as many real images

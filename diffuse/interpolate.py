@@ -46,6 +46,7 @@ class InterpolateOptions(GenerationOptions):
 class InterpolateJob(SampleJob):
     ends: Tensor | None = None  # with images=: the real images the pairs run between, (m,C,H,W) in [-1, 1]
     source: str | None = None
+    pair_classes: list[int] | None = None  # a conditional model with labelled images=: each pair's class
 
 
 def build_interpolate(cfg: DictConfig, ctx: Context, opts: InterpolateOptions) -> InterpolateJob:
@@ -53,18 +54,30 @@ def build_interpolate(cfg: DictConfig, ctx: Context, opts: InterpolateOptions) -
     config = nodes.plain(cfg)
     job = InterpolateJob(**vars(checkpoint_job(config, ctx, opts.steps)))
     sampler = job.sampler
-    if sampler.facts.order is None:
+    if not sampler.deterministic:
         raise DiffuseError(f"sampler {sampler.name} draws fresh noise along its walk, so nearby noises do not give "
-                           f"nearby images; interpolate with a deterministic one, e.g. ddim, dpmpp_2m, flow_euler")
+                           f"nearby images; interpolate with a deterministic one, e.g. ddim (eta 0), dpmpp_2m, "
+                           f"flow_euler")
     path = config.get("images")
     if path is not None:
         if not sampler.invertible:
             settings = f" with {sampler.settings}" if sampler.settings else ""
             raise DiffuseError(f"images= inverts the images with DDIM's update, and sampler {sampler.name}{settings} "
                                f"does not walk it back; use ddim (eta 0), euler or flow_euler")
-        job.ends, job.source = model_images(str(path), "images", job.loaded.model.shape), str(path)
+        job.ends, labels = model_images(str(path), "images", job.loaded.model.shape)
+        job.source = str(path)
         if len(job.ends) < 2:
             raise DiffuseError(f"images={path} holds {len(job.ends)} image; interpolation needs two (a pair per row)")
+        if job.loaded.model.network.conditional and labels is not None and config.get("labels") is None and \
+                config.get("label") is None:  # the images' own classes, one per row
+            index = np.arange(2 * opts.n) % len(labels)
+            first, second = labels[index[0::2]], labels[index[1::2]]
+            if (first != second).any():
+                p = int(np.nonzero(first != second)[0][0])
+                raise DiffuseError(f"images={path}: pair {p} runs from a {first[p]} to a {second[p]}, and a "
+                                   f"conditional model walks each row under one class: pair images of one class, "
+                                   f"or pass label=K")
+            job.pair_classes = [int(k) for k in first]
     return job
 
 
@@ -74,7 +87,8 @@ def interpolate(job: InterpolateJob, opts: InterpolateOptions) -> Path:
     interpolation.json (with images=: the round trip of every image at the strip's ends)."""
     model, device, pairs = job.loaded.model, job.device, opts.n
     precision = resolve_precision(opts.precision, device)
-    labels = image_labels(job.classes, pairs)  # pair p asks for classes[p % len(classes)]
+    labels = (np.array(job.pair_classes) if job.pair_classes is not None  # the images' classes, or
+              else image_labels(job.classes, pairs))  # pair p asks for classes[p % len(classes)]
     if job.ends is None:  # noises of images 0..2n-1, as `diffuse sample` seeds them
         noises, _ = start_noise(model.shape, opts.seed, 0, 2 * pairs, device)  # (2n,C,H,W)
         real = None
@@ -83,11 +97,12 @@ def interpolate(job: InterpolateJob, opts: InterpolateOptions) -> Path:
         real = job.ends[index].to(device)  # (2n,C,H,W): pair p runs from image 2p to 2p+1 (mod their count)
         ts = job.sampler.check(model.schedule, opts.steps)
         pair_labels = None if labels is None else np.repeat(labels, 2)
-        noises, total = [], -(-2 * pairs // opts.batch_size) * opts.steps
+        noises, total, evaluations = [], -(-2 * pairs // opts.batch_size) * opts.steps, 1
         with progress_bar("inverting", total, interactive(job.world.rank)) as bar:
             for a in range(0, 2 * pairs, opts.batch_size):
                 b = slice(a, a + opts.batch_size)
                 denoiser = model_denoiser(model, opts, None if labels is None else pair_labels[b], precision)
+                evaluations = denoiser.evaluations  # per call: 2 when guided
                 noises.append(invert(denoiser, model.schedule, real[b], ts, refine=opts.refine,
                                      on_step=lambda i, _, done=a // opts.batch_size * opts.steps:
                                      bar.update(done + i)))
@@ -111,8 +126,9 @@ def interpolate(job: InterpolateJob, opts: InterpolateOptions) -> Path:
               "checkpoint": str(job.loaded.path), "checkpoint_step": job.loaded.step, "options": asdict(opts)}
     if real is not None:
         ends = np.concatenate([rows[:, 0], rows[:, -1]])  # the walked-back images 2p, then 2p+1
-        record.update(source=job.source, inversion={"refine": opts.refine,
-                                                     "nfe_per_image": opts.steps * (1 + opts.refine)},
+        inversion = {"refine": opts.refine, "nfe_per_image": opts.steps * (1 + opts.refine) * evaluations,
+                     "labels_from_file": job.pair_classes is not None}
+        record.update(source=job.source, inversion=inversion,
                       round_trip=image_distance(ends, to_uint8(torch.cat([real[0::2], real[1::2]]))))
         real_u8 = to_uint8(real).reshape(pairs, 2, *rows.shape[2:])
         rows = np.concatenate([real_u8[:, :1], rows, real_u8[:, 1:]], 1)  # each row framed by its real images

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from diffuse import DiffuseError
 from diffuse.samplers import Denoiser
 from diffuse.schedule import Schedule
 
@@ -38,13 +39,18 @@ def invert(denoiser: Denoiser, schedule: Schedule, x0: Tensor, ts: list[float], 
     for i, (t, t_up) in enumerate(zip(up[:-1], up[1:])):
         alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()  # t = -1: alpha 1, sigma 0
         alpha_up, sigma_up = schedule.alpha(t_up).item(), schedule.sigma(t_up).item()
-        eps, _ = denoiser(x, t if t >= 0 else t_up)
+        if alpha_up == 0 and sigma == 0:
+            raise DiffuseError("a one-step walk from zero terminal SNR sends every noise to the same image; "
+                               "it cannot be inverted: walk more steps")
+        eps, x0_hat = denoiser(x, t if t >= 0 else t_up)
         for k in range(refine + 1):
-            # the DDIM step back from t' read forwards: x0 = (x_t - sigma_t eps) / alpha_t, x_t' = alpha_t' x0 +
-            # sigma_t' eps (alpha_t > 0 below the walk's first timestep, so the division is safe)
-            x_up = alpha_up * (x - sigma * eps) / alpha + sigma_up * eps
+            if alpha_up > 0:  # the DDIM step back from t' read forwards: x0 = (x_t - sigma_t eps) / alpha_t (alpha_t
+                # > 0 below the walk's first timestep), x_t' = alpha_t' x0 + sigma_t' eps
+                x_up = alpha_up * (x - sigma * eps) / alpha + sigma_up * eps
+            else:  # zero terminal SNR: eps(x_T) = x_T / sigma_T whatever x_T, so the step's x0 carries it:
+                x_up = sigma_up * (x - alpha * x0_hat) / sigma  # x_t = alpha_t x0(x_T) + sigma_t x_T / sigma_T
             if k < refine:
-                eps, _ = denoiser(x_up, t_up)
+                eps, x0_hat = denoiser(x_up, t_up)
         x = x_up
         if on_step is not None:
             on_step(i + 1, len(ts) - 1)

@@ -132,7 +132,8 @@ def report(root: str | Path, metric: str = "fid", out: str | Path | None = None,
     if metric not in METRICS:
         raise DiffuseError(f"--metric {metric!r} is not reported; allowed: {', '.join(METRICS)}")
     if x not in AXES or x == metric:
-        raise DiffuseError(f"--x {x!r} is not an axis for --metric {metric}; allowed: {', '.join(AXES)}")
+        raise DiffuseError(f"--x {x!r} is not an axis for --metric {metric}; allowed: "
+                           f"{', '.join(a for a in AXES if a != metric)}")
     out_dir = Path(out).expanduser() if out else root
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "report.md", out_dir / "report.csv"]

@@ -1,6 +1,5 @@
-"""Config -> objects for each command: `build_train`, `build_sample` and `build_eval` turn the composed config
-(and the command's options, already checked) into a small job object, checking every input before any long
-work starts. Nodes become objects through diffuse.config; checkpoints through diffuse.checkpoint."""
+"""Config -> objects for each command: `build_train`, `build_sample` and `build_eval` turn the composed config (and
+the command's options, already checked) into a small job, checking every input before any long work starts."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from diffuse import DiffuseError, config as nodes, distributed
-from diffuse import train_state
+from diffuse import DiffuseError, config as nodes, distributed, train_state
 from diffuse.cas import check_drawn
 from diffuse.checkpoint import LoadedModel, load_model
 from diffuse.config import DATASETS, MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, build
@@ -202,7 +200,7 @@ def build_tune(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
     if config.get("ckpt") is not None and config.get("schedule_file") is not None:
         raise DiffuseError("schedule_file= is what tune-steps writes; it starts from the sampler's spacing")
     job = checkpoint_job(config, ctx, opts.steps)
-    if job.sampler.facts.order is None:
+    if not job.sampler.deterministic:
         raise DiffuseError(f"sampler {job.sampler.name} draws fresh noise along its walk; tune-steps needs a "
                            f"deterministic one (its walks from one noise must agree), e.g. ddim, dpmpp_2m, unipc")
     job.sampler.check(job.loaded.model.schedule, opts.steps_for(job.sampler))
@@ -242,10 +240,10 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
     file, the extractor's weights file; then the reference data set is read when one is needed."""
     config = nodes.plain(cfg)
     has_ckpt, has_samples = config.get("ckpt") is not None, config.get("samples") is not None
-    if has_samples and (opts.guidance != 1.0 or opts.strength != 1.0 or any(config.get(k) is not None for k in (
-            "labels", "label", "init", "inpaint", "mask"))):
-        raise DiffuseError("labels, guidance, init=, strength, inpaint= and mask= apply to generating (ckpt=); "
-                           "samples= scores the images as they are")
+    if has_samples and (opts.guidance != 1.0 or opts.strength != 1.0 or opts.resample != 1 or any(
+            config.get(k) is not None for k in ("labels", "label", "init", "inpaint", "mask"))):
+        raise DiffuseError("labels, guidance, init=, strength, inpaint=, mask= and resample apply to generating "
+                           "(ckpt=); samples= scores the images as they are")
     if has_ckpt == has_samples:
         raise DiffuseError("give exactly one of ckpt=PATH (generate from a checkpoint) or samples=PATH (score an "
                            ".npz or a folder of images)")
@@ -270,13 +268,11 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
     if job.stats_file is None or opts.floor or job.features == "classifier" or opts.cas:
         why = ("samples= needs the data set to score against" if job.stats_file is None else
                "floor=true scores real images of a data set (floor=false scores against reference= alone)"
-               if opts.floor else "classifier statistics need the classifier, trained on a data set")
+               if opts.floor else "cas=true trains and tests a classifier on a data set" if opts.cas else
+               "classifier statistics need the classifier, trained on a data set")
         job.reference = dataset_builder(reference_node(config, job.loaded, why))
         job.data = job.reference(opts.reference_split)
         check_real_data(job, shape, opts)
-        if opts.cas:
-            check_drawn(job.classes if job.loaded else job.samples.labels, opts.n if job.loaded else len(
-                job.samples.images), job.data, f"ckpt={job.loaded.path}" if job.loaded else f"samples {job.samples_path}")
     if job.loaded is not None:
         job.loaded.model.network.to(job.device)
     return job
@@ -294,6 +290,10 @@ def check_real_data(job: EvalJob, shape: tuple[int, int, int], opts) -> None:
     elif shape != data.shape:
         raise DiffuseError(f"the data set {data.name} has images {list(data.shape)} (C,H,W), but ckpt={job.loaded.path} "
                            f"generates {list(shape)}: evaluate against the data set it was trained on")
+    if opts.cas:  # labelled, every class drawn, and the real baseline's n training images there
+        drawn = (job.classes, opts.n, f"ckpt={job.loaded.path}") if job.loaded else (
+            job.samples.labels, len(job.samples.images), f"samples {job.samples_path}")
+        check_drawn(*drawn[:2], job.reference("train"), job.reference("test"), drawn[2])
     if job.features == "auto":
         job.features = choose_features("auto", data.shape, data.num_classes)
         if job.features == "inception":

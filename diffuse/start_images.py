@@ -93,14 +93,16 @@ def read_mask(path: str, count: int, shape: tuple[int, int, int]) -> Tensor:
     return torch.from_numpy(array.astype(np.float32)).unsqueeze(1)
 
 
-def model_images(path: str, option: str, shape: tuple[int, int, int]) -> Tensor:
-    """The images an option names (an .npz or a folder), which must be of the model's (C,H,W): (m,C,H,W) in [-1, 1]."""
-    images = read_images(path, None, option).images  # (m,H,W,C) uint8
+def model_images(path: str, option: str, shape: tuple[int, int, int]) -> tuple[Tensor, np.ndarray | None]:
+    """The images an option names (an .npz or a folder), which must be of the model's (C,H,W): (m,C,H,W) in
+    [-1, 1], and their labels (m,) when the file has them."""
+    read = read_images(path, None, option)
+    images = read.images  # (m,H,W,C) uint8
     C, H, W = shape
     if images.shape[1:] != (H, W, C):
         raise DiffuseError(f"{option}={path} has images of {images.shape[1]}x{images.shape[2]} with {images.shape[3]} "
                            f"channel(s), and the model makes {H}x{W} with {C}")
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, read.labels
 
 
 def start_images(config: dict, opts, shape: tuple[int, int, int], sampler: Sampler) -> StartImages | None:
@@ -110,6 +112,8 @@ def start_images(config: dict, opts, shape: tuple[int, int, int], sampler: Sampl
         raise DiffuseError("give init= (image-to-image) or inpaint= (inpainting), not both")
     if opts.strength != 1 and init is None:
         raise DiffuseError(f"strength={opts.strength} applies to image-to-image sampling: give init=NPZ_OR_FOLDER")
+    if opts.resample != 1 and inpaint is None:
+        raise DiffuseError(f"resample={opts.resample} applies to inpainting: give inpaint=NPZ_OR_FOLDER and mask=")
     if (mask is None) != (inpaint is None):
         raise DiffuseError("inpainting needs inpaint=NPZ_OR_FOLDER (the images) and mask=" + "|".join(MASKS) +
                            "|NPZ (1 = known pixels) together")
@@ -120,7 +124,7 @@ def start_images(config: dict, opts, shape: tuple[int, int, int], sampler: Sampl
     if init is None and inpaint is None:
         return None
     option, path = ("init", init) if init is not None else ("inpaint", inpaint)
-    x = model_images(str(path), option, shape)
+    x, _ = model_images(str(path), option, shape)
     if init is not None:
         return StartImages(x, str(path), strength=opts.strength)
     masks = (preset_mask(mask, len(x) if mask == "random" else 1, shape, opts.seed) if mask in MASKS

@@ -56,7 +56,7 @@ METRIC_ROWS = (("fid", "FID", "lower"), ("kid", "KID", "lower"), ("precision", "
                ("recall", "recall", "higher"), ("classifier_score", "classifier score", "higher"),
                ("class_coverage", "class coverage", "higher"), ("class_tv", "class TV distance", "lower"),
                ("conditional_accuracy", "conditional accuracy", "higher"),
-               ("cas", "classification accuracy score", "higher"))
+               ("cas", "classification accuracy score", "higher"), ("start_rmse", "RMSE to the init image", "lower"))
 
 
 def _fmt(key: str, values: dict | None) -> str:

@@ -56,10 +56,12 @@ def test_strength_0_returns_the_input_1_is_plain_sampling_and_between_walks_the_
                                                   "sampling), got 1.5"),
     ("sample", ("strength=0.5",), "strength=0.5 applies to image-to-image sampling: give init=NPZ_OR_FOLDER"),
     ("sample", ("init=missing.npz",), "init=missing.npz: expected an .npz file or a folder of images"),
-    ("eval", ("samples=init.npz", "init=init.npz"), "labels, guidance, init=, strength, inpaint= and mask= apply to "
-                                                    "generating (ckpt=)"),
+    ("eval", ("samples=init.npz", "init=init.npz"), "labels, guidance, init=, strength, inpaint=, mask= and resample "
+                                                    "apply to generating (ckpt=)"),
     ("eval", ("samples=init.npz", "strength=0.5"), "samples= scores the images as they are"),
     ("eval", ("init=init.npz", "strength=-0.1"), "strength must be in [0, 1]"),
+    ("sample", ("resample=3",), "resample=3 applies to inpainting: give inpaint=NPZ_OR_FOLDER and mask="),
+    ("eval", ("samples=init.npz", "resample=3"), "samples= scores the images as they are"),
     ("tune-steps", ("strength=0.5",), "Could not override 'strength'"),
 ])
 def test_image_to_image_refuses_bad_input_in_one_line(run, command, args, expected):
@@ -67,7 +69,8 @@ def test_image_to_image_refuses_bad_input_in_one_line(run, command, args, expect
     np.savez(run / "rgb.npz", images=np.zeros((2, 28, 28, 3), np.uint8))
     proc = cli_in_process(command, "ckpt=run", *args, "hydra.run.dir=refused", cwd=run, check=False)
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and not (run / "refused" / "samples.npz").exists()
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (run / "refused" / "samples.npz").exists() and not (run / "refused" / "metrics.json").exists()
 
 
 def test_eval_from_init_images_scores_their_distance_to_the_images_and_report_plots_the_trade_off(run, eval_cache,
@@ -181,7 +184,8 @@ def test_inpainting_refuses_bad_input_in_one_line(run, args, expected):
     np.savez(run / "gray.npz", mask=np.full((28, 28), 0.5))
     proc = cli_in_process("sample", "ckpt=run", *args, "hydra.run.dir=refused", cwd=run, check=False)
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and not (run / "refused" / "samples.npz").exists()
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (run / "refused" / "samples.npz").exists() and not (run / "refused" / "metrics.json").exists()
 
 
 def test_the_preset_masks_hide_the_centre_the_bottom_half_or_random_pixels():

@@ -42,6 +42,8 @@ class Facts:
     multistep: bool = False  # its steps reuse earlier steps' predictions (so a walk cannot be changed between steps)
     invertible: Callable[..., bool] | None = None  # invertible(**settings): whether its walk is DDIM's deterministic
     # update, which diffuse.inversion.invert runs backwards (None: never)
+    stochastic: Callable[..., bool] | None = None  # stochastic(**settings): whether these settings draw fresh noise
+    # along the walk (order None: always)
 
 
 def one_per_step(steps: int) -> int:
@@ -50,11 +52,12 @@ def one_per_step(steps: int) -> int:
 
 def declare(*, order: int | None, evaluations: Callable[[int], int] = one_per_step, finite_start: bool = False,
             check: Callable[..., None] | None = None, multistep: bool = False,
-            invertible: Callable[..., bool] | None = None) -> Callable[[Callable], Callable]:
+            invertible: Callable[..., bool] | None = None,
+            stochastic: Callable[..., bool] | None = None) -> Callable[[Callable], Callable]:
     """Attach an algorithm's `Facts` to it as `algorithm.facts`."""
 
     def attach(algorithm: Callable) -> Callable:
-        algorithm.facts = Facts(order, evaluations, finite_start, check, multistep, invertible)
+        algorithm.facts = Facts(order, evaluations, finite_start, check, multistep, invertible, stochastic)
         return algorithm
 
     return attach
@@ -83,6 +86,12 @@ class Sampler:
     @property
     def facts(self) -> Facts:
         return self.algorithm.facts
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether its walk, with these settings, draws no fresh noise (one noise, one image)."""
+        stochastic = self.facts.stochastic is not None and bool(self.facts.stochastic(**self.settings))
+        return self.facts.order is not None and not stochastic
 
     @property
     def invertible(self) -> bool:

@@ -17,7 +17,7 @@ def check(schedule: Schedule, eta: float = 0.0) -> None:
         raise DiffuseError(f"ddim eta must be >= 0, got {eta}")
 
 
-@declare(order=1, check=check, invertible=lambda eta=0.0: eta == 0)
+@declare(order=1, check=check, invertible=lambda eta=0.0: eta == 0, stochastic=lambda eta=0.0: eta > 0)
 def ddim(
     denoiser: Denoiser,
     schedule: Schedule,
