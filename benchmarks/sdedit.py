@@ -47,7 +47,8 @@ def main() -> None:
     from diffuse.datasets.mnist import mnist
     from diffuse.images import grid, save_png
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    for sub in ("sweep", "strip"):
+        (args.out / sub).mkdir(parents=True, exist_ok=True)
     guides = args.out / "guides.npz"
     if not guides.exists():
         train = mnist(os.environ.get("DIFFUSE_DATA_ROOT", "./data"), True, False)
@@ -64,7 +65,8 @@ def main() -> None:
         m = record["metrics"]
         rows.append({"strength": s, "steps_walked": record["start"]["steps_walked"], "nfe": record["nfe"],
                      "fid": m["fid"], "precision": m["precision"], "recall": m["recall"],
-                     "rmse_to_guide": record["faithfulness"]["rmse"], "psnr_to_guide_db": record["faithfulness"]["psnr_db"]})
+                     "rmse_to_guide": record["faithfulness"]["rmse"],
+                     "psnr_to_guide_db": record["faithfulness"]["psnr_db"]})
         few = args.out / "strip" / f"strength_{s:g}"
         if not (few / "samples.npz").exists():
             sh([*DIFFUSE, "sample", f"ckpt={args.ckpt}", f"init={guides}", f"strength={s}", f"steps={args.steps}",
@@ -81,8 +83,10 @@ def main() -> None:
     lines = [f"machine: {result['machine']}", "",
              "| strength | steps walked (NFE) | FID | precision | recall | RMSE to guide | PSNR to guide (dB) |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['strength']:g} | {r['steps_walked']} ({r['nfe']}) | {r['fid']:.2f} | {r['precision']:.3f} | "
-              f"{r['recall']:.3f} | {r['rmse_to_guide']:.4f} | {r['psnr_to_guide_db']:.2f} |" for r in rows]
+    for r in rows:
+        psnr = "exact" if r["psnr_to_guide_db"] is None else f"{r['psnr_to_guide_db']:.2f}"
+        lines.append(f"| {r['strength']:g} | {r['steps_walked']} ({r['nfe']}) | {r['fid']:.2f} | "
+                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['rmse_to_guide']:.4f} | {psnr} |")
     (args.out / "sdedit.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

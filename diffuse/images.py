@@ -36,10 +36,12 @@ def save_png(image: np.ndarray, path: Path) -> None:
 
 
 def image_distance(a: np.ndarray, b: np.ndarray) -> dict:
-    """Per-image distance of (N,H,W,C) uint8 images a from b, averaged: RMSE in [0, 1] units (and its worst image),
-    PSNR in dB, and the largest difference of one pixel in uint8 levels."""
+    """How far (N,H,W,C) uint8 images a are from b: the mean and worst per-image RMSE in [0, 1] units, the PSNR of
+    all the pixels together in dB (None when a equals b), the share of images equal to theirs, and the largest
+    difference of one pixel in uint8 levels."""
     diff = a.astype(np.float64) - b.astype(np.float64)
-    rmse = np.sqrt((diff ** 2).reshape(len(diff), -1).mean(1)) / 255  # (N,)
+    mse = (diff ** 2).reshape(len(diff), -1).mean(1) / 255 ** 2  # (N,)
+    rmse = np.sqrt(mse)
     return {"images": len(diff), "rmse": float(rmse.mean()), "rmse_max": float(rmse.max()),
-            "psnr_db": float(np.mean(20 * np.log10(1 / np.maximum(rmse, 1e-12)))),
-            "max_abs_uint8": int(np.abs(diff).max())}
+            "psnr_db": float(10 * np.log10(1 / mse.mean())) if mse.mean() > 0 else None,
+            "exact_share": float((mse == 0).mean()), "max_abs_uint8": int(np.abs(diff).max())}

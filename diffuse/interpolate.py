@@ -138,6 +138,6 @@ def interpolate(job: InterpolateJob, opts: InterpolateOptions) -> Path:
     (out / "interpolation.json").write_text(json.dumps(record, indent=2) + "\n")
     trip = record.get("round_trip")
     log.info("wrote %d pairs x %d frames to %s%s", pairs, opts.frames, out,
-             "" if trip is None else f" (round trip: RMSE {trip['rmse']:.4f}, PSNR {trip['psnr_db']:.1f} dB, "
-                                     f"max {trip['max_abs_uint8']}/255)")
+             "" if trip is None else f" (round trip: RMSE {trip['rmse']:.4f}, {trip['exact_share']:.0%} of the images "
+                                     f"exact, largest pixel error {trip['max_abs_uint8']}/255)")
     return out

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_in_process, group_options, run_cli, sampler_from_yaml
+from conftest import cli_in_process, group_options, sampler_from_yaml
 from diffuse.generate import edit_walk
 from diffuse.repaint import inpaint, repaint_path
 from diffuse.samplers.noise import randn_like
@@ -81,22 +81,23 @@ def test_eval_from_init_images_scores_their_distance_to_the_images_and_report_pl
 
     common = (f"ckpt={run / 'run'}", f"init={run / 'init.npz'}", "n=6", "steps=4", "kid_subset_size=6", "floor=false")
     for strength in (0, 0.5, 1):
-        run_cli("eval", *common, f"strength={strength}", f"hydra.run.dir=sweep/s{strength}", cwd=tmp_path,
-                env=cached(eval_cache))
+        cli_in_process("eval", *common, f"strength={strength}", f"hydra.run.dir=sweep/s{strength}", cwd=tmp_path,
+                       env=cached(eval_cache))
     cli_in_process("sample", *common[:4], "strength=0.5", "hydra.run.dir=drawn", cwd=tmp_path)
     records = {s: json.loads((tmp_path / "sweep" / f"s{s}" / "metrics.json").read_text()) for s in (0, 0.5, 1)}
     assert records[0]["faithfulness"]["rmse"] == 0 and records[0]["metrics"]["start_rmse"] == 0
+    assert records[0]["faithfulness"]["exact_share"] == 1 and records[0]["faithfulness"]["psnr_db"] is None
     images = drawn(tmp_path / "drawn")[0]
     init = np.load(run / "init.npz")["images"][np.arange(6) % 3].astype(float)
     rmse = np.sqrt(((images - init) ** 2).reshape(6, -1).mean(1)) / 255
     assert records[0.5]["faithfulness"]["rmse"] == pytest.approx(rmse.mean()) and rmse.mean() > 0
     assert records[0.5]["start"]["strength"] == 0.5 and records[0.5]["start"]["steps_walked"] == 2
     assert records[1]["faithfulness"]["rmse"] > 0 and records[1]["nfe"] == 4
-    proc = run_cli("report", str(tmp_path / "sweep"), "--x", "start_rmse", cwd=tmp_path)
+    proc = cli_in_process("report", str(tmp_path / "sweep"), "--x", "start_rmse", cwd=tmp_path)
     assert (tmp_path / "sweep" / "report_fid_vs_start_rmse.png").is_file(), proc.stdout
     table = (tmp_path / "sweep" / "report.md").read_text()
     assert "| strength |" in table and "| start_rmse |" in table
-    bad = run_cli("report", str(tmp_path / "sweep"), "--x", "fid", cwd=tmp_path, check=False)
+    bad = cli_in_process("report", str(tmp_path / "sweep"), "--x", "fid", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "--x 'fid' is not an axis for --metric fid; allowed: nfe, strength" in bad.stderr
 
 

@@ -195,7 +195,8 @@ def test_cas_of_real_images_is_the_real_baseline_and_wrong_labels_score_near_zer
     np.savez(tmp_path / "shifted.npz", images=images, labels=(labels + 1) % 10)
     common = ("dataset=mnist", "cas=true", "cas_steps=60", "floor=false", "kid_subset_size=100")
     for name in ("real", "shifted"):
-        run_cli("eval", f"samples={name}.npz", *common, f"hydra.run.dir={name}", cwd=tmp_path, env=cached(eval_cache))
+        cli_in_process("eval", f"samples={name}.npz", *common, f"hydra.run.dir={name}", cwd=tmp_path,
+                       env=cached(eval_cache))
     real, shifted = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("real", "shifted"))
     assert real["cas"]["accuracy"] == real["cas"]["real_accuracy"] > 0.8 and real["metrics"]["cas"] > 0.8
     assert shifted["cas"]["accuracy"] < 0.05 and shifted["cas"]["real_accuracy"] == real["cas"]["real_accuracy"]
@@ -206,8 +207,8 @@ def test_cas_of_real_images_is_the_real_baseline_and_wrong_labels_score_near_zer
 def test_eval_of_a_conditional_checkpoint_reports_cas_beside_the_real_recipe(cond_run, eval_cache, tmp_path):
     from conftest import cached
 
-    run_cli("eval", f"ckpt={cond_run}", "n=20", "steps=2", "cas=true", "cas_steps=20", "kid_subset_size=10",
-            "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
+    cli_in_process("eval", f"ckpt={cond_run}", "n=20", "steps=2", "cas=true", "cas_steps=20", "kid_subset_size=10",
+                   "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
     record = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     cas = record["cas"]
     assert 0 <= cas["accuracy"] <= 1 and cas["n"] == 20 and cas["ratio"] == pytest.approx(cas["accuracy"] /
