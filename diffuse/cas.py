@@ -64,12 +64,16 @@ def real_accuracy(train: ImageData, test: ImageData, n: int, *, steps: int, seed
 
 def check_drawn(labels, n: int, data: ImageData, test: ImageData, source: str) -> None:
     """Before any work: the images are labelled (the classes a checkpoint draws in turn, or a file's labels),
-    every class of the data set is among the n drawn, and the train split `data` has n images for the baseline."""
+    every class of the data set is among the n drawn, the train split `data` has n images for the baseline, and
+    the `test` split the classifiers are tested on has the same classes."""
     if n > len(data):
         raise DiffuseError(f"cas=true trains the real baseline on as many training images as there are images "
                            f"({n}), and {data.name}'s train split has {len(data)}: use n <= {len(data)}")
     if data.num_classes < 2:
         raise DiffuseError(f"cas=true needs a labelled data set, and {data.name} has no classes")
+    if test.num_classes != data.num_classes:
+        raise DiffuseError(f"cas=true tests on {data.name}'s test split, which has {test.num_classes} classes, and "
+                           f"its train split has {data.num_classes}")
     if labels is None:
         raise DiffuseError(f"cas=true needs labelled images, and {source} has none: a conditional checkpoint "
                            f"(model.conditional=true), or samples= with labels")

@@ -108,7 +108,6 @@ def plot(rows: list[dict], path: Path, metric: str, x: str = "nfe") -> bool:
         ticks = sorted({p[0] for pts in lines.values() for p in pts})
         ax.set_xticks(ticks, [str(int(t)) for t in ticks])
         ax.minorticks_off()
-
     if metric in LOWER_IS_BETTER and all(p[1] > 0 for pts in lines.values() for p in pts):
         ax.set_yscale("log")
     ax.set_xlabel(AXES[x])

@@ -1,5 +1,6 @@
-"""What `diffuse sample` starts from besides noise: SDEdit's `init=` images (with `strength`) or RePaint's
-`inpaint=` images and `mask=` (a preset or a file), read and checked at the boundary before any sampling."""
+"""What `diffuse sample` and `diffuse eval ckpt=` start from besides noise: SDEdit's `init=` images (with
+`strength`) or RePaint's `inpaint=` images and `mask=` (a preset or a file), read and checked at the boundary
+before any sampling; and how far the images drawn from them moved (`faithfulness`)."""
 
 from __future__ import annotations
 

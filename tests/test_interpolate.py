@@ -52,7 +52,7 @@ def test_inversion_undoes_each_invertible_walk_and_refining_brings_it_closer(nam
 def test_at_zero_terminal_snr_the_first_step_is_solved_through_x0_and_one_step_cannot_be_inverted():
     """On the flow schedule a trailing walk starts where alpha = 0, where eps(x_T) = x_T / sigma_T for every x_T:
     the step is solved through its x0 instead, so refining converges at 8 steps too (measured: 1.1, 0.09, 0.03,
-    0.006, 3e-4 at 0, 1, 2, 4, 8 rounds; the eps form stalls at 0.09)."""
+    0.006, 3e-4 at 0, 1, 2, 4, 8 rounds; solving that step in the eps form, as the others, left 0.015 at 8)."""
     data, schedule, sampler = ImageMixture([0.3, 0.7], [-0.6, 0.5], [0.15, 0.25]), flow(), sampler_from_yaml("ddim")
     ts = sampler.check(schedule, 8)
     assert schedule.alpha(ts[0]).item() == 0
