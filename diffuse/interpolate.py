@@ -70,6 +70,10 @@ def build_interpolate(cfg: DictConfig, ctx: Context, opts: InterpolateOptions) -
             raise DiffuseError(f"images={path} holds {len(job.ends)} image; interpolation needs two (a pair per row)")
         if job.loaded.model.network.conditional and labels is not None and config.get("labels") is None and \
                 config.get("label") is None:  # the images' own classes, one per row
+            classes = job.loaded.model.network.num_classes
+            if labels.min() < 0 or labels.max() >= classes:
+                raise DiffuseError(f"images={path} has labels {labels.min()}..{labels.max()}, and the model knows "
+                                   f"classes 0..{classes - 1}")
             index = np.arange(2 * opts.n) % len(labels)
             first, second = labels[index[0::2]], labels[index[1::2]]
             if (first != second).any():

@@ -221,6 +221,7 @@ def test_eval_of_a_conditional_checkpoint_reports_cas_beside_the_real_recipe(con
     (("labels=[3,7]",), "cas=true trains a classifier of all 10 classes on the images, and ckpt="),
     (("n=5",), "gives none of class(es) [5, 6, 7, 8, 9]: draw every class (labels=all, n >= 10)"),
     (("samples=unlabelled.npz", "ckpt=null", "dataset=mnist"), "cas=true needs labelled images, and samples "),
+    (("n=60001",), "and mnist's train split has 60000: use n <= 60000"),
 ])
 def test_cas_refuses_images_it_cannot_score_in_one_line(cond_run, args, expected, tmp_path):
     np.savez(tmp_path / "unlabelled.npz", images=np.zeros((20, 28, 28, 1), np.uint8))
@@ -228,3 +229,27 @@ def test_cas_refuses_images_it_cannot_score_in_one_line(cond_run, args, expected
                           cwd=tmp_path, check=False)
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "no" / "metrics.json").exists()
+
+
+def test_interpolating_labelled_images_walks_each_pair_under_its_class(cond_run, tmp_path):
+    """A conditional model inverts and walks labelled images= under their own class; a pair of two classes is
+    refused (a row walks under one class), unless label=K says which; labels the model does not know are refused."""
+    images = np.random.default_rng(1).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    np.savez(tmp_path / "same.npz", images=images, labels=np.array([3, 3, 7, 7]))
+    np.savez(tmp_path / "mixed.npz", images=images, labels=np.array([3, 7, 7, 7]))
+    np.savez(tmp_path / "unknown.npz", images=images, labels=np.array([12, 12, 3, 3]))
+    common = (f"ckpt={cond_run}", "steps=3", "n=2", "frames=3")
+    cli_in_process("interpolate", *common, "images=same.npz", "hydra.run.dir=same", cwd=tmp_path)
+    record = json.loads((tmp_path / "same" / "interpolation.json").read_text())
+    assert record["labels"] == [3, 7] and record["inversion"]["labels_from_file"] is True
+    assert np.load(tmp_path / "same" / "frames.npz")["labels"].tolist() == [3, 3, 3, 7, 7, 7]
+    for name, expected in (("mixed", "pair 0 runs from a 3 to a 7, and a conditional model walks each row under one "
+                                     "class: pair images of one class, or pass label=K"),
+                           ("unknown", "has labels 3..12, and the model knows classes 0..9")):
+        proc = cli_in_process("interpolate", *common, f"images={name}.npz", "hydra.run.dir=no", cwd=tmp_path,
+                              check=False)
+        assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    cli_in_process("interpolate", *common, "images=mixed.npz", "label=5", "guidance=2", "hydra.run.dir=five",
+                   cwd=tmp_path)
+    record = json.loads((tmp_path / "five" / "interpolation.json").read_text())
+    assert record["labels"] == [5, 5] and record["inversion"]["nfe_per_image"] == 3 * 2 * 2  # guided: 2 per call
