@@ -89,7 +89,7 @@ def classification_accuracy_score(images: np.ndarray, labels: np.ndarray, train:
                                   steps: int, seed: int, device: torch.device, cache_dir: Path) -> dict:
     """CAS of generated images (N,H,W,C) uint8 with the classes they were drawn for (N,), next to the same recipe
     on N real images. Every class must be drawn (the test split has them all)."""
-    check_drawn(labels, len(labels), train, test, "the images")  # checked before the drawing too (run.build_eval)
+    check_drawn(labels, len(labels), train, test, "the images")  # checked before the drawing too (eval_job.build_eval)
     t0 = time.perf_counter()
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N,C,H,W) uint8
     generated = recipe_accuracy(x, torch.from_numpy(labels).long(), test, steps=steps, seed=seed, device=device)

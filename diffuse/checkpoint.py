@@ -20,6 +20,7 @@ from diffuse.denoiser import DiffusionModel
 from diffuse.models import check_network
 from diffuse.objectives import Objective, from_parameterization
 from diffuse.schedule import Schedule
+from diffuse.superres import check_lowres
 from diffuse.validate import is_int
 
 FORMAT = "diffuse.checkpoint/1"
@@ -200,9 +201,14 @@ def load_model(path: str | os.PathLike, weights: str = "ema") -> LoadedModel:
         bad = sorted(set(expected.items()) ^ set(found.items()))[:2]
         raise DiffuseError(f"ckpt={path}: its '{prefix}*' weights do not fit the model its config describes "
                            f"(first differences: {bad})")
+    lowres = check_lowres((config.get("dataset") or {}).get("lowres"), shape, f"ckpt={path}: its dataset.lowres")
+    if lowres and getattr(network, "cond_channels", 0) != shape[0]:
+        raise DiffuseError(f"ckpt={path}: a super-resolution model (dataset.lowres={lowres}) whose network does not "
+                           f"take a {shape[0]}-channel image condition")
     try:  # the network must take the images the file says it was trained on (meta tensors: no memory)
         with torch.device("meta"), torch.no_grad():
-            out = network(torch.zeros(1, *shape), torch.zeros(1))
+            extra = {"cond": torch.zeros(1, *shape)} if lowres else {}
+            out = network(torch.zeros(1, *shape), torch.zeros(1), **extra)
         if tuple(out.shape) != (1, *shape):
             raise ValueError(f"output shape {tuple(out.shape)}")
     except Exception as e:
@@ -210,7 +216,7 @@ def load_model(path: str | os.PathLike, weights: str = "ema") -> LoadedModel:
                            f"({type(e).__name__}: {str(e)[:200]})") from None
     network = network.to_empty(device="cpu")
     load_weights(network, tensors, prefix, str(path))
-    return LoadedModel(DiffusionModel(network.eval(), objective, schedule, shape), int(metadata["step"]), resolved,
+    return LoadedModel(DiffusionModel(network.eval(), objective, schedule, shape, lowres), int(metadata["step"]), resolved,
                        config, weights)
 
 

@@ -93,7 +93,7 @@ def task(subcommand: str, full_error: bool):
 # subcommand -> (its options class, the config node that holds them, its job builder, its task)
 TASKS = {"train": ("diffuse.train:TrainOptions", "train", "diffuse.run:build_train", "diffuse.train:train"),
          "sample": ("diffuse.sample:SampleOptions", None, "diffuse.run:build_sample", "diffuse.sample:sample"),
-         "eval": ("diffuse.evaluate:EvalOptions", None, "diffuse.run:build_eval", "diffuse.evaluate:evaluate"),
+         "eval": ("diffuse.evaluate:EvalOptions", None, "diffuse.eval_job:build_eval", "diffuse.evaluate:evaluate"),
          "tune-steps": ("diffuse.tune_steps:TuneOptions", None, "diffuse.run:build_tune", "diffuse.tune_steps:tune_steps"),
          "distill": ("diffuse.distill:DistillOptions", None, "diffuse.distill:build_distill", "diffuse.distill:distill"),
          "interpolate": ("diffuse.interpolate:InterpolateOptions", None, "diffuse.interpolate:build_interpolate",

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffuse import DiffuseError
+from diffuse.data import ImageData
 from diffuse.samplers import AUTO, Sampler, auto_table
 from diffuse.schedule import SPACINGS
 from diffuse.validate import typed
@@ -73,6 +74,13 @@ def build(node: dict | DictConfig, under: tuple[str, ...] = ALLOWED_MODULES, kin
     if kind is not None and not isinstance(obj, kind):
         raise DiffuseError(f"{target} did not build a {kind.__name__}")
     return obj
+
+
+def dataset(node: dict | DictConfig, train: bool | None = None) -> ImageData:
+    """A data set node built, on the split `train` names (None: the node's own). Its `lowres` is a setting of the
+    task (super-resolution trains on the images degraded to that side), not an argument of the data set."""
+    kwargs = {k: v for k, v in plain(node).items() if k != "lowres"}
+    return build(kwargs if train is None else {**kwargs, "train": train}, DATASETS, ImageData)
 
 
 def sampler(node: dict | DictConfig) -> Sampler:

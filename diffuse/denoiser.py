@@ -24,6 +24,7 @@ class DiffusionModel:
     objective: Objective
     schedule: Schedule
     shape: tuple[int, int, int]  # (C,H,W) of its images
+    lowres: int = 0  # super-resolution: the side of the low-res images it upsamples (0: it generates from noise)
 
 
 def dynamic_threshold(x0: Tensor, percentile: float) -> Tensor:
@@ -47,12 +48,17 @@ def guide(cond: Tensor, uncond: Tensor, scale: float, rescale: float = 0.0) -> T
 
 class ModelDenoiser:
     """A model as a denoiser for one batch: the classes its images ask for (`labels` (B,), None: unconditional),
-    classifier-free guidance, optional x0 clipping or dynamic thresholding, and the network's precision.
-    `evaluations` is the network evaluations per image of one call (2 when guided)."""
+    classifier-free guidance, optional x0 clipping or dynamic thresholding, and the network's precision; a
+    super-resolution model's condition `cond` (B,C,H,W), the upsampled low-res images. `evaluations` is the
+    network evaluations per image of one call (2 when guided)."""
 
     def __init__(self, model: DiffusionModel, *, labels: Tensor | None = None, precision: str = "fp32",
-                 clip_x0: bool = False, threshold: float = 0.0, guidance: float = 1.0, guidance_rescale: float = 0.0):
+                 clip_x0: bool = False, threshold: float = 0.0, guidance: float = 1.0, guidance_rescale: float = 0.0,
+                 cond: Tensor | None = None):
         model.objective.check(model.schedule)
+        if (cond is None) != (model.lowres == 0):
+            raise DiffuseError("a super-resolution model needs its low-res images (lowres=NPZ_OR_DIR)" if cond is None
+                               else "this model generates from noise: it takes no low-res images")
         if not 0 <= threshold <= 1:
             raise DiffuseError(f"dynamic threshold percentile must be in (0, 1], or 0 for off; got {threshold}")
         if precision not in ("fp32", "bf16"):
@@ -61,22 +67,24 @@ class ModelDenoiser:
             raise DiffuseError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
         if labels is not None and not model.network.conditional:
             raise DiffuseError("labels need a conditional model (trained with model.conditional=true)")
-        self.model, self.labels, self.precision = model, labels, precision
+        self.model, self.labels, self.precision, self.cond = model, labels, precision, cond
         self.clip_x0, self.threshold, self.guidance, self.guidance_rescale = clip_x0, threshold, guidance, guidance_rescale
         self.evaluations = 2 if labels is not None and guidance not in (0.0, 1.0) else 1
 
     def _network(self, x_in: Tensor, time: Tensor) -> Tensor:
         network = self.model.network
+        extra = {} if self.cond is None else {"cond": self.cond.to(x_in.device)}
         with autocast(self.precision, x_in.device):
             if self.labels is None:
-                return network(x_in, time)
+                return network(x_in, time, **extra)
             labels = self.labels.to(x_in.device)
             if self.guidance == 1.0:  # the conditional network alone
-                return network(x_in, time, labels)
+                return network(x_in, time, labels, **extra)
             null = torch.full_like(labels, network.num_classes)
             if self.guidance == 0.0:  # the unconditional network alone
-                return network(x_in, time, null)
-            both = network(torch.cat([x_in, x_in]), torch.cat([time, time]), torch.cat([labels, null]))  # one 2B batch
+                return network(x_in, time, null, **extra)
+            extra = {k: torch.cat([v, v]) for k, v in extra.items()}
+            both = network(torch.cat([x_in, x_in]), torch.cat([time, time]), torch.cat([labels, null]), **extra)  # 2B
         cond, uncond = both.float().chunk(2)
         return guide(cond, uncond, self.guidance, self.guidance_rescale)
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffuse import DiffuseError, conf, config as nodes, distributed
 from diffuse.checkpoint import LAST, LoadedModel, load_model, write_atomic
-from diffuse.config import DATASETS, OPTIMIZERS, build
+from diffuse.config import OPTIMIZERS, build
 from diffuse.data import ImageData
 from diffuse.denoiser import DiffusionModel
 from diffuse.features.cache import sha256
@@ -99,6 +99,9 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
             raise DiffuseError(f"resume={given}: not a diffuse distill folder (no {MANIFEST}); give the folder a "
                                f"distillation wrote, or resume=auto")
     teacher = load_model(config["ckpt"], config["weights"])
+    if teacher.model.lowres:
+        raise DiffuseError(f"ckpt={teacher.path} is a super-resolution model (dataset.lowres="
+                           f"{teacher.model.lowres}); distillation takes models that generate from noise")
     if "distill" in teacher.config:
         raise DiffuseError(f"ckpt={teacher.path} is itself a distilled student; distil its teacher "
                            f"({teacher.config['distill'].get('teacher')}) with a smaller student_steps")
@@ -116,7 +119,7 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
         raise DiffuseError(f"ckpt={teacher.path}: its config names no data set to distil on")
     if "root" in node:
         node["root"] = config["data_root"]
-    data = build({**node, "train": True}, DATASETS, ImageData)
+    data = nodes.dataset(node, train=True)
     if data.shape != teacher.model.shape:
         raise DiffuseError(f"the data set {data.name} has images {list(data.shape)}, and ckpt={teacher.path} makes "
                            f"{list(teacher.model.shape)}")

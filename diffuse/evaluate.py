@@ -9,6 +9,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from diffuse import DiffuseError
 from diffuse.cas import classification_accuracy_score
 from diffuse.features.extractors import KINDS, Extractor, make_extractor
@@ -16,7 +19,9 @@ from diffuse.features.inception_weights import InceptionOptions
 from diffuse.features.reference import Reference, reference_features, write_stats
 from diffuse.generate import generate
 from diffuse.scoring import ScoreSettings, score_images
-from diffuse.start_images import StartOptions, faithfulness, start_record
+from diffuse.images import to_uint8
+from diffuse.start_images import StartImages, StartOptions, faithfulness, start_record
+from diffuse.superres import superres_scores, upsample
 from diffuse.ui import interactive, print_metrics, progress_bar
 
 log = logging.getLogger(__name__)
@@ -104,7 +109,12 @@ def evaluate(job, opts: EvalOptions) -> Path:
     result = score_images(images, ref, extractor, opts.settings, labels, floor)
     if floor is not None:
         result["floor"]["protocol"]["images"] = f"{len(floor.features)} real {other} images"
-    if job.images is not None and job.images.mask is None:  # SDEdit's faithfulness: each image's distance to its
+    baseline = None
+    if job.images is not None and job.images.superres:  # beside bicubic upsampling of the same inputs
+        record["superres"] = sr = upsampling_scores(images, job.images, ref, extractor, opts)
+        result["model"].update(table_row(sr["model"]))
+        baseline = ("bicubic", {**table_row(sr["bicubic"]), "fid": sr["bicubic"]["fid"]})
+    elif job.images is not None and job.images.mask is None:  # SDEdit's faithfulness: each image's distance to its
         # init image (inpainting keeps the known pixels exactly, so the distance says little there)
         record["faithfulness"] = faithfulness(images, job.images)
         result["model"]["start_rmse"] = record["faithfulness"]["rmse"]
@@ -123,9 +133,27 @@ def evaluate(job, opts: EvalOptions) -> Path:
     if opts.save_reference and job.stats_file is None:
         write_stats(job.out_dir / "reference_stats.npz", ref, extractor, job.data, opts.reference_split)
     print_metrics(f"{source}: {len(images)} images vs {description} ({extractor.name} features)",
-                  result["model"], result["floor"])
+                  result["model"], result["floor"], baseline)
     log.info("wrote %s (%.1f s)", job.out_dir / "metrics.json", record["wall_seconds"])
     return job.out_dir
+
+
+def upsampling_scores(images: np.ndarray, start: StartImages, ref: Reference, extractor: Extractor,
+                      opts: EvalOptions) -> dict:
+    """A super-resolution model's images (n,H,W,C) uint8 and bicubic upsampling of the same low-res inputs, each
+    scored against the originals (PSNR, SSIM, when known) and its own input (consistency); bicubic's FID too."""
+    index = torch.arange(len(images)) % len(start.images)
+    low, truth = start.images[index], None if start.truth is None else start.truth[index.numpy()]  # (n,C,h,w)
+    bicubic = to_uint8(upsample(low, images.shape[1]))  # (n,H,W,C)
+    out = {"model": superres_scores(images, low, truth), "bicubic": superres_scores(bicubic, low, truth)}
+    out["bicubic"]["fid"] = score_images(bicubic, ref, extractor, opts.settings)["model"]["fid"]
+    return out
+
+
+def table_row(scores: dict) -> dict:
+    """The metrics table's entries of `superres_scores`."""
+    return {"psnr_db": scores.get("psnr_db"), "ssim": scores.get("ssim"),
+            "consistency": scores["consistency"]["mean_abs_uint8"] / 255}
 
 
 def reference(job, opts: EvalOptions, extractor: Extractor) -> tuple[Reference, dict, str]:

@@ -20,6 +20,7 @@ from diffuse.precision import check as check_precision, resolve as resolve_preci
 from diffuse.repaint import inpaint
 from diffuse.samplers import Sampler
 from diffuse.samplers.noise import randn_like
+from diffuse.superres import upsample
 from diffuse.validate import is_int, seed as check_seed
 
 if TYPE_CHECKING:
@@ -111,11 +112,12 @@ def start_noise(shape: tuple[int, ...], seed: int, start: int, count: int,
 
 
 def model_denoiser(model: DiffusionModel, opts: GenerationOptions, labels: np.ndarray | None, precision: str,
-                   ) -> ModelDenoiser:
-    """The denoiser the samplers call, with the generation options' clipping and guidance; labels (B,) or None."""
+                   cond: Tensor | None = None) -> ModelDenoiser:
+    """The denoiser the samplers call, with the generation options' clipping and guidance; labels (B,) or None;
+    a super-resolution model's condition (B,C,H,W)."""
     return ModelDenoiser(model, labels=None if labels is None else torch.as_tensor(labels, dtype=torch.long),
                          precision=precision, clip_x0=opts.clip_x0, threshold=opts.dynamic_threshold,
-                         guidance=opts.guidance, guidance_rescale=opts.guidance_rescale)
+                         guidance=opts.guidance, guidance_rescale=opts.guidance_rescale, cond=cond)
 
 
 def edit_walk(ts: list[float], strength: float) -> list[float]:
@@ -134,11 +136,15 @@ def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, d
     torchrun each rank draws its block of the indices and rank 0 gets them all (the other ranks get None): image
     i is seeded from (seed, i), so the images are those of one process. With `images`, image i starts from image
     i % m too: SDEdit (its own noise takes it to the walk's first timestep at strength < 1, where `edit_walk`
-    starts; strength 0 returns it as it is, 1 samples from that noise alone) or RePaint (`repaint.inpaint`).
+    starts; strength 0 returns it as it is, 1 samples from that noise alone), RePaint (`repaint.inpaint`) or
+    super-resolution (image i % m, low-res, conditions every step of image i: SR3).
     With `noise` (n,C,H,W), image i starts from noise[i] instead of its seeded draw (interpolation, inversion)."""
     ts = sampler.check(model.schedule, opts.steps)
     if noise is not None and tuple(noise.shape) != (opts.n, *model.shape):
         raise DiffuseError(f"noise of shape {list(noise.shape)} for {opts.n} images of {list(model.shape)}")
+    if (images is not None and images.superres) != (model.lowres > 0):
+        raise DiffuseError("a super-resolution model needs low-res images (lowres=NPZ_OR_DIR)" if model.lowres else
+                           "low-res images condition a super-resolution model, and this one generates from noise")
     masked = images is not None and images.mask is not None
     editing = images is not None and not masked and images.strength < 1
     if editing:
@@ -160,7 +166,8 @@ def generate(model: DiffusionModel, sampler: Sampler, opts: GenerationOptions, d
                 batches += 1
                 continue
             x_T = model.schedule.alpha(ts[0]).item() * known.to(device) + model.schedule.sigma(ts[0]).item() * x_T
-        denoiser = model_denoiser(model, opts, None if labels is None else labels[start:start + b], precision)
+        cond = upsample(known, model.shape[-1]).to(device) if model.lowres else None  # (b,C,H,W)
+        denoiser = model_denoiser(model, opts, None if labels is None else labels[start:start + b], precision, cond)
 
         def counted(x_t: Tensor, t: float, denoiser: ModelDenoiser = denoiser) -> tuple[Tensor, Tensor]:
             nonlocal evaluations

@@ -45,3 +45,23 @@ def image_distance(a: np.ndarray, b: np.ndarray) -> dict:
     return {"images": len(diff), "rmse": float(rmse.mean()), "rmse_max": float(rmse.max()),
             "psnr_db": float(10 * np.log10(1 / mse.mean())) if mse.mean() > 0 else None,
             "exact_share": float((mse == 0).mean()), "max_abs_uint8": int(np.abs(diff).max())}
+
+
+def ssim(a: np.ndarray, b: np.ndarray, window: int = 11, sigma: float = 1.5) -> float:
+    """The mean structural similarity of (N,H,W,C) uint8 images a and b (Wang et al. 2004, eq. 13): Gaussian
+    window of `window` px and std `sigma`, K1 0.01, K2 0.03, data range 255, over every valid window position
+    and channel, averaged over the images."""
+    x, y = (torch.from_numpy(np.ascontiguousarray(v)).permute(0, 3, 1, 2).double() for v in (a, b))  # (N,C,H,W)
+    C = x.shape[1]
+    g = torch.exp(-((torch.arange(window, dtype=torch.float64) - (window - 1) / 2) ** 2) / (2 * sigma ** 2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(C, 1, window, window)
+
+    def blur(v: Tensor) -> Tensor:
+        return torch.nn.functional.conv2d(v, kernel, groups=C)
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return float(s.mean())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -13,18 +14,13 @@ from omegaconf import DictConfig
 from torch import nn
 
 from diffuse import DiffuseError, config as nodes, distributed, train_state
-from diffuse.cas import check_drawn
 from diffuse.checkpoint import LoadedModel, load_model
-from diffuse.config import DATASETS, MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, build
+from diffuse.config import MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, build
 from diffuse.data import ImageData
 from diffuse.distributed import World
 from diffuse.denoiser import DiffusionModel
 from diffuse.features.extractors import choose_features
-from diffuse.features.inception import FEATURES as INCEPTION_FEATURES
-from diffuse.features.inception_weights import locate_weights
-from diffuse.features.reference import StatsFile, read_stats
 from diffuse.generate import resolve_classes
-from diffuse.image_files import ImageSet, check_images, read_images
 from diffuse.loss import diffusion_loss
 from diffuse.models import check_network
 from diffuse.objectives import Objective
@@ -32,6 +28,7 @@ from diffuse.sampler_choice import checked_sampler, chosen_node, names_sampler
 from diffuse.samplers import Sampler
 from diffuse.schedule import Schedule
 from diffuse.start_images import StartImages, start_images
+from diffuse.superres import check_lowres, degrade
 from diffuse.validate import seed as check_seed
 from diffuse.walk_file import read_walk_file, student_walk
 
@@ -63,6 +60,7 @@ class TrainJob:
     resume: train_state.Resume | None = None
     resume_command: str = ""  # the command line that continues this run
     loss: Callable = diffusion_loss  # (network, objective, schedule, x0, generator, labels, ...) -> loss; see train.py
+    grid_images: StartImages | None = None  # a super-resolution model's grids: the low-res images they upsample
 
 
 @dataclass(eq=False)
@@ -76,34 +74,13 @@ class SampleJob:
     images: StartImages | None = None  # what sampling starts from besides noise (init= or inpaint=)
 
 
-@dataclass(eq=False)
-class EvalJob:
-    """What `diffuse eval` scores (a checkpoint's samples, or images read from files) and against what: a real
-    data set, or statistics read from a file (reference=)."""
-
-    world: World
-    features: str  # the feature extractor: classifier | inception
-    device: torch.device
-    out_dir: Path
-    cache_dir: Path
-    reference: Callable[[str], ImageData] | None  # split ("train" | "test") -> the real data set (None: not needed)
-    data: ImageData | None  # the reference split itself
-    stats_file: StatsFile | None = None  # with reference=: the statistics to score against
-    loaded: LoadedModel | None = None  # with ckpt=: the model that draws the images
-    sampler: Sampler | None = None
-    classes: list[int] | None = None
-    samples: ImageSet | None = None  # with samples=: the images to score, as read
-    samples_path: Path | None = None
-    images: StartImages | None = None  # with ckpt=: what generation starts from besides noise (init=, inpaint=)
-
-
 def dataset_builder(node: dict, built: dict[str, ImageData] | None = None) -> Callable[[str], ImageData]:
     """split -> the data set `node` describes, on that split (each split built once; `built` seeds that cache)."""
     built = dict(built or {})
 
     def reference(split: str) -> ImageData:
         if split not in built:
-            built[split] = build({**node, "train": split == "train"}, DATASETS, ImageData)
+            built[split] = nodes.dataset(node, split == "train")
         return built[split]
 
     return reference
@@ -112,6 +89,13 @@ def dataset_builder(node: dict, built: dict[str, ImageData] | None = None) -> Ca
 def train_network(config: dict, data: ImageData) -> nn.Module:
     """The network of config["model"]; a conditional one takes its class count from the data set (recorded)."""
     node = dict(config["model"])
+    lowres = check_lowres(config["dataset"].get("lowres"), data.shape)
+    if node.get("cond_channels") and not lowres:
+        raise DiffuseError(f"model.cond_channels={node['cond_channels']} is set from dataset.lowres (super-resolution); "
+                           f"set dataset.lowres=K instead")
+    if lowres:
+        node["cond_channels"] = data.shape[0]
+        config["model"] = node
     if node.get("conditional"):
         if data.num_classes < 1:
             raise DiffuseError(f"model.conditional=true needs class labels, and data set {data.name} has none "
@@ -142,7 +126,11 @@ def build_train(cfg: DictConfig, ctx: Context, opts) -> TrainJob:
         optimizer([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     except Exception as e:
         raise DiffuseError(f"optimizer {config['optimizer']['_target_']}: {type(e).__name__}: {e}") from None
-    data = build(config["dataset"], DATASETS, ImageData)
+    data = nodes.dataset(config["dataset"])
+    lowres = check_lowres(config["dataset"].get("lowres"), data.shape)
+    if opts.eval_every and lowres:
+        raise DiffuseError("train.eval_every scores images drawn from noise; score a super-resolution model "
+                           "(dataset.lowres) with diffuse eval ckpt=RUN (PSNR, SSIM and FID against the test split)")
     if opts.eval_every and choose_features("auto", data.shape, data.num_classes) != "classifier":
         raise DiffuseError(f"train.eval_every uses the domain classifier (1-channel labelled data up to 64 px), and "
                            f"data set {data.name} {list(data.shape)} is not such; score checkpoints with diffuse eval")
@@ -150,7 +138,10 @@ def build_train(cfg: DictConfig, ctx: Context, opts) -> TrainJob:
     network = train_network(config, data)
     keep = [o for o in ctx.overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
     split = "train" if config["dataset"].get("train", True) else "test"
-    return TrainJob(world=world, model=DiffusionModel(network, objective, schedule, data.shape), sampler=sampler, data=data,
+    grid_lowres = StartImages(degrade(data.images[:opts.sample_n].float() / 127.5 - 1, lowres), "the training "
+                              "set's first images", superres=True) if lowres else None
+    return TrainJob(world=world, model=DiffusionModel(network, objective, schedule, data.shape, lowres), sampler=sampler,
+                    data=data, grid_images=grid_lowres, loss=partial(diffusion_loss, lowres=lowres) if lowres else diffusion_loss,
                     optimizer=optimizer, device=device, out_dir=ctx.out_dir, seed=config["seed"], config=config,
                     reference=dataset_builder(config["dataset"], {split: data}),
                     cache_dir=Path(str(config["cache_dir"])).expanduser(), resume=resume,
@@ -177,21 +168,31 @@ def loaded_checkpoint(config: dict, steps: int, overrides: tuple[str, ...]) -> t
     return loaded, sampler, classes
 
 
-def checkpoint_job(config: dict, ctx: Context, steps: int) -> SampleJob:
-    """ckpt= (required), the device and `loaded_checkpoint`, the network moved: `diffuse sample`'s job."""
+def checkpoint_job(config: dict, ctx: Context, steps: int, upsamples: bool = False) -> SampleJob:
+    """ckpt= (required), the device and `loaded_checkpoint`, the network moved: `diffuse sample`'s job (the one
+    command besides eval that `upsamples` with a super-resolution checkpoint)."""
     if config.get("ckpt") is None:
         raise DiffuseError("ckpt is required: ckpt=PATH to a .safetensors checkpoint or a training run directory")
     device = distributed.device(ctx.world, nodes.device(config["device"]))
     loaded, sampler, classes = loaded_checkpoint(config, steps, ctx.overrides)
+    if loaded.model.lowres and not upsamples:
+        raise DiffuseError(f"ckpt={config['ckpt']} is a super-resolution model (dataset.lowres={loaded.model.lowres}): "
+                           f"diffuse sample and diffuse eval upsample low-res images with it; this command draws from noise")
     loaded.model.network.to(device)
     return SampleJob(ctx.world, loaded, sampler, classes, device, ctx.out_dir)
 
 
 def build_sample(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
     config = nodes.plain(cfg)
-    job = checkpoint_job(config, ctx, opts.steps)
-    job.images = start_images(config, opts, job.loaded.model.shape, job.sampler)
+    job = checkpoint_job(config, ctx, opts.steps, upsamples=True)
+    job.images = start_images(config, opts, job.loaded.model.shape, job.sampler, job.loaded.model.lowres,
+                              lambda: test_split(config, job.loaded))
     return job
+
+
+def test_split(config: dict, loaded: LoadedModel) -> ImageData:
+    """The test split of the checkpoint's data set (a super-resolution model's default inputs)."""
+    return dataset_builder(reference_node(config, loaded, "the low-res inputs"))("test")
 
 
 def build_tune(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
@@ -222,79 +223,3 @@ def reference_node(config: dict, loaded: LoadedModel | None, why: str) -> dict:
     if not isinstance(node, dict) or "_target_" not in node:
         raise DiffuseError(f"dataset {node!r} is not a data set config")
     return node
-
-
-def file_features(opts, stats: StatsFile) -> str:
-    """The extractor a statistics file was made with, which the evaluation must use too."""
-    if opts.features not in ("auto", stats.kind):
-        raise DiffuseError(f"reference={stats.path} holds {stats.kind} statistics, and features={opts.features}: "
-                           f"score with the extractor that made them")
-    if stats.extractor is None and len(stats.stats.mu) != INCEPTION_FEATURES:
-        raise DiffuseError(f"reference={stats.path} records no extractor and holds {len(stats.stats.mu)}-d statistics, "
-                           f"not the {INCEPTION_FEATURES}-d FID Inception features such files carry")
-    return stats.kind
-
-
-def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
-    """Checks in the order of their cost: the arguments, the images to score or the checkpoint, a statistics
-    file, the extractor's weights file; then the reference data set is read when one is needed."""
-    config = nodes.plain(cfg)
-    has_ckpt, has_samples = config.get("ckpt") is not None, config.get("samples") is not None
-    if has_samples and (opts.guidance != 1.0 or opts.strength != 1.0 or opts.resample != 1 or any(
-            config.get(k) is not None for k in ("labels", "label", "init", "inpaint", "mask"))):
-        raise DiffuseError("labels, guidance, init=, strength, inpaint=, mask= and resample apply to generating "
-                           "(ckpt=); samples= scores the images as they are")
-    if has_ckpt == has_samples:
-        raise DiffuseError("give exactly one of ckpt=PATH (generate from a checkpoint) or samples=PATH (score an "
-                           ".npz or a folder of images)")
-    job = EvalJob(ctx.world, opts.features, distributed.device(ctx.world, nodes.device(config["device"])), ctx.out_dir,
-                  Path(str(config["cache_dir"])).expanduser(), None, None)
-    if has_ckpt:
-        job.loaded, job.sampler, job.classes = loaded_checkpoint(config, opts.steps, ctx.overrides)
-        shape = job.loaded.model.shape
-        job.images = start_images(config, opts, shape, job.sampler)
-    else:
-        job.samples_path = Path(str(config["samples"])).expanduser()
-        job.samples = read_images(job.samples_path, opts.samples_range)
-        shape = tuple(job.samples.images.shape[i] for i in (3, 1, 2))
-    if config.get("reference") is not None:
-        job.stats_file = read_stats(Path(str(config["reference"])).expanduser())
-        job.features = file_features(opts, job.stats_file)
-        if job.stats_file.image_shape not in (None, shape):
-            raise DiffuseError(f"reference={job.stats_file.path} describes images {list(job.stats_file.image_shape)} "
-                               f"(C,H,W), and these are {list(shape)}")
-    if job.features == "inception":  # absent and not downloadable: fail before reading any data
-        locate_weights(opts.inception, job.cache_dir)
-    if job.stats_file is None or opts.floor or job.features == "classifier" or opts.cas:
-        why = ("samples= needs the data set to score against" if job.stats_file is None else
-               "floor=true scores real images of a data set (floor=false scores against reference= alone)"
-               if opts.floor else "cas=true trains and tests a classifier on a data set" if opts.cas else
-               "classifier statistics need the classifier, trained on a data set")
-        job.reference = dataset_builder(reference_node(config, job.loaded, why))
-        job.data = job.reference(opts.reference_split)
-        check_real_data(job, shape, opts)
-    if job.loaded is not None:
-        job.loaded.model.network.to(job.device)
-    return job
-
-
-def check_real_data(job: EvalJob, shape: tuple[int, int, int], opts) -> None:
-    """The images to score must fit the real data set; the extractor `auto` names is decided by it."""
-    data = job.data
-    if job.samples is not None:
-        check_images(job.samples.images, data.shape, f"samples {job.samples_path}")
-        labels = job.samples.labels
-        if labels is not None and len(labels) and data.num_classes and labels.max() >= data.num_classes:
-            raise DiffuseError(f"samples {job.samples_path}: labels run up to {labels.max()}, and {data.name} has "
-                               f"classes 0..{data.num_classes - 1}")
-    elif shape != data.shape:
-        raise DiffuseError(f"the data set {data.name} has images {list(data.shape)} (C,H,W), but ckpt={job.loaded.path} "
-                           f"generates {list(shape)}: evaluate against the data set it was trained on")
-    if opts.cas:  # labelled, every class drawn, and the real baseline's n training images there
-        drawn = (job.classes, opts.n, f"ckpt={job.loaded.path}") if job.loaded else (
-            job.samples.labels, len(job.samples.images), f"samples {job.samples_path}")
-        check_drawn(*drawn[:2], job.reference("train"), job.reference("test"), drawn[2])
-    if job.features == "auto":
-        job.features = choose_features("auto", data.shape, data.num_classes)
-        if job.features == "inception":
-            locate_weights(opts.inception, job.cache_dir)

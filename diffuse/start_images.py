@@ -1,21 +1,25 @@
 """What `diffuse sample` and `diffuse eval ckpt=` start from besides noise: SDEdit's `init=` images (with
 `strength`) or RePaint's `inpaint=` images and `mask=` (a preset or a file), read and checked at the boundary
-before any sampling; and how far the images drawn from them moved (`faithfulness`)."""
+before any sampling, or a super-resolution model's low-res images (`lowres=`); and how far the images drawn from
+them moved (`faithfulness`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from diffuse import DiffuseError
+from diffuse.data import ImageData
 from diffuse.generate import GenerationOptions, sample_seed
 from diffuse.image_files import read_images
 from diffuse.images import image_distance, to_uint8
 from diffuse.samplers import Sampler
+from diffuse.superres import degrade
 
 MASKS = ("centre", "half", "random")  # presets; 1 = known (kept), 0 = filled in
 
@@ -41,14 +45,17 @@ class StartOptions(GenerationOptions):
 @dataclass(frozen=True)
 class StartImages:
     """Images that generation starts from besides noise (image i uses images[i % m]): edited (SDEdit, `strength`
-    < 1) or, with a `mask`, inpainted (RePaint; the known pixels, mask 1, come back exactly)."""
+    < 1), with a `mask` inpainted (RePaint; the known pixels, mask 1, come back exactly), or, for a
+    super-resolution model, low-res images that condition every step (SR3)."""
 
-    images: Tensor  # (m,C,H,W) in [-1, 1]
+    images: Tensor  # (m,C,H,W) in [-1, 1]; super-resolution: (m,C,h,w), the low-res images
     source: str  # where they were read from, for the record
     strength: float = 1.0  # SDEdit: the share of the walk taken from the image (1: plain sampling)
     mask: Tensor | None = None  # (k,1,H,W) of 0/1, k = 1 or m: inpainting
     jump: int = 10  # RePaint's jump length (steps walked back at each jump)
     resample: int = 1  # RePaint's resampling: each jump point is walked this many times (1: no jumps)
+    superres: bool = False  # the images are low-res inputs of a super-resolution model
+    truth: np.ndarray | None = None  # (m,H,W,C) uint8: their high-res originals, when known (the test split)
 
     def known(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
         """The images and masks of images `index` (b,): (b,C,H,W), (b,1,H,W) or None."""
@@ -94,7 +101,8 @@ def read_mask(path: str, count: int, shape: tuple[int, int, int]) -> Tensor:
     return torch.from_numpy(array.astype(np.float32)).unsqueeze(1)
 
 
-def model_images(path: str, option: str, shape: tuple[int, int, int]) -> tuple[Tensor, np.ndarray | None]:
+def model_images(path: str, option: str, shape: tuple[int, int, int], takes: str = "makes",
+                 ) -> tuple[Tensor, np.ndarray | None]:
     """The images an option names (an .npz or a folder), which must be of the model's (C,H,W): (m,C,H,W) in
     [-1, 1], and their labels (m,) when the file has them."""
     read = read_images(path, None, option)
@@ -102,13 +110,45 @@ def model_images(path: str, option: str, shape: tuple[int, int, int]) -> tuple[T
     C, H, W = shape
     if images.shape[1:] != (H, W, C):
         raise DiffuseError(f"{option}={path} has images of {images.shape[1]}x{images.shape[2]} with {images.shape[3]} "
-                           f"channel(s), and the model makes {H}x{W} with {C}")
+                           f"channel(s), and the model {takes} {H}x{W} with {C}")
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, read.labels
 
 
-def start_images(config: dict, opts, shape: tuple[int, int, int], sampler: Sampler) -> StartImages | None:
-    """init= (with strength) or inpaint= (with mask=, jump_length, resample), checked; None for plain sampling."""
+def lowres_images(config: dict, shape: tuple[int, int, int], lowres: int,
+                  test_split: Callable[[], ImageData]) -> StartImages:
+    """A super-resolution model's inputs: lowres= (an .npz or a folder of low-res images), or else the test split of
+    its data set degraded (image i from test image i, whose original is kept as the truth)."""
+    C, H, _ = shape
+    if config.get("lowres") is not None:
+        low, _ = model_images(str(config["lowres"]), "lowres", (C, lowres, lowres),
+                              f"upsamples {H // lowres}x from")
+        return StartImages(low, str(config["lowres"]), superres=True)
+    try:
+        data = test_split()
+    except DiffuseError as e:
+        raise DiffuseError(f"a super-resolution checkpoint needs low-res images: give lowres=NPZ_OR_DIR (the default, "
+                           f"its data set's test split, could not be read: {e})") from None
+    if data.shape != shape:
+        raise DiffuseError(f"the test split of {data.name} has images {list(data.shape)}, and the model makes "
+                           f"{list(shape)}: give lowres=NPZ_OR_DIR")
+    truth = data.images.float() / 127.5 - 1  # (N,C,H,W)
+    return StartImages(degrade(truth, lowres), f"{data.name} test split, degraded to {lowres}x{lowres}",
+                       superres=True, truth=to_uint8(truth))
+
+
+def start_images(config: dict, opts, shape: tuple[int, int, int], sampler: Sampler, lowres: int = 0,
+                 test_split: Callable[[], ImageData] | None = None) -> StartImages | None:
+    """init= (with strength) or inpaint= (with mask=, jump_length, resample), checked; None for plain sampling. A
+    super-resolution model (`lowres` > 0) takes lowres= (or the test split) and neither of those."""
     init, inpaint, mask = config.get("init"), config.get("inpaint"), config.get("mask")
+    if config.get("lowres") is not None and not lowres:
+        raise DiffuseError(f"lowres={config['lowres']} conditions a super-resolution checkpoint (one trained with "
+                           f"dataset.lowres=K), and this one generates from noise")
+    if lowres:
+        if init is not None or inpaint is not None or opts.strength != 1 or opts.resample != 1:
+            raise DiffuseError("a super-resolution checkpoint upsamples lowres= images; init=, strength, inpaint= and "
+                               "resample do not apply to it")
+        return lowres_images(config, shape, lowres, test_split)
     if init is not None and inpaint is not None:
         raise DiffuseError("give init= (image-to-image) or inpaint= (inpainting), not both")
     if opts.strength != 1 and init is None:
@@ -137,6 +177,9 @@ def start_record(images: StartImages | None, ts: list[float]) -> dict | None:
     """What sampling.json and metrics.json say of the images generation started from (init= or inpaint=)."""
     if images is None:
         return None
+    if images.superres:
+        return {"mode": "super-resolution", "source": images.source, "images": len(images.images),
+                "lowres": list(images.images.shape[1:])}
     if images.mask is None:
         return {"mode": "image-to-image", "source": images.source, "images": len(images.images),
                 "strength": images.strength, "steps_walked": len(ts) - 1}

@@ -280,8 +280,8 @@ def train(job, opts: TrainOptions) -> Path:
 
                 # a grid of EMA samples from fixed noise (rank 0; the others wait at the next step's gradients)
                 if world.main and (last or (opts.sample_every and step % opts.sample_every == 0)):
-                    drawn = generate(DiffusionModel(ema, objective, schedule, job.model.shape), job.sampler, grids,
-                                     device, classes)
+                    drawn = generate(DiffusionModel(ema, objective, schedule, job.model.shape, job.model.lowres),
+                                     job.sampler, grids, device, classes, images=job.grid_images)
                     image = picture(drawn.images, drawn.labels, classes)
                     save_png(image, out / "samples" / f"step_{step:07d}.png")
                     metrics.grid(step, image)

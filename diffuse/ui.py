@@ -56,7 +56,9 @@ METRIC_ROWS = (("fid", "FID", "lower"), ("kid", "KID", "lower"), ("precision", "
                ("recall", "recall", "higher"), ("classifier_score", "classifier score", "higher"),
                ("class_coverage", "class coverage", "higher"), ("class_tv", "class TV distance", "lower"),
                ("conditional_accuracy", "conditional accuracy", "higher"),
-               ("cas", "classification accuracy score", "higher"), ("start_rmse", "RMSE to the init image", "lower"))
+               ("cas", "classification accuracy score", "higher"), ("start_rmse", "RMSE to the init image", "lower"),
+               ("psnr_db", "PSNR to the originals, dB", "higher"), ("ssim", "SSIM to the originals", "higher"),
+               ("consistency", "consistency, mean |error| /255", "lower"))
 
 
 def _fmt(key: str, values: dict | None) -> str:
@@ -70,14 +72,15 @@ def _fmt(key: str, values: dict | None) -> str:
     return f"{v:.4g}" if key == "fid" else f"{v:.4f}"
 
 
-def print_metrics(title: str, model: dict, floor: dict | None) -> None:
-    """The metrics as a table: model beside floor (real images scored the same way)."""
+def print_metrics(title: str, model: dict, floor: dict | None, baseline: tuple[str, dict] | None = None) -> None:
+    """The metrics as a table: model beside floor (real images scored the same way) and, when given, a baseline
+    (its name and metrics: bicubic upsampling beside a super-resolution model)."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for name in ("metric", "better", "model", "floor (real)"):
+    for name in ("metric", "better", "model", "floor (real)", *(baseline[:1] if baseline else ())):
         table.add_column(name, justify="left" if name in ("metric", "better") else "right")
     for key, label, better in METRIC_ROWS:
         if key in model:
-            table.add_row(label, better, _fmt(key, model), _fmt(key, floor))
+            table.add_row(label, better, _fmt(key, model), _fmt(key, floor), *([_fmt(key, baseline[1])] if baseline else []))
     Console(file=sys.stdout, width=max(100, console.width)).print(table)

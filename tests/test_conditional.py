@@ -253,3 +253,28 @@ def test_interpolating_labelled_images_walks_each_pair_under_its_class(cond_run,
                    cwd=tmp_path)
     record = json.loads((tmp_path / "five" / "interpolation.json").read_text())
     assert record["labels"] == [5, 5] and record["inversion"]["nfe_per_image"] == 3 * 2 * 2  # guided: 2 per call
+
+
+def test_image_to_image_and_inpainting_run_under_guidance_with_their_guarantees(cond_run, tmp_path):
+    """Under guidance 2 each walked step costs two evaluations; strength 0 still returns the init images and
+    inpainting still keeps the known pixels exactly; the guided images differ from the unguided ones."""
+    init = np.random.default_rng(1).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    np.savez(tmp_path / "init.npz", images=init)
+    common = (f"ckpt={cond_run}", "n=4", "steps=6", "label=3", "seed=2")
+
+    def drawn(name, *args):
+        cli_in_process("sample", *common, *args, f"hydra.run.dir={name}", cwd=tmp_path)
+        return (np.load(tmp_path / name / "samples.npz")["images"],
+                json.loads((tmp_path / name / "sampling.json").read_text()))
+
+    images, record = drawn("edit0", "init=init.npz", "strength=0", "guidance=2")
+    assert np.array_equal(images, init[np.arange(4) % 3]) and record["nfe_per_image"] == 0
+    guided, record = drawn("edit", "init=init.npz", "strength=0.5", "guidance=2")
+    assert record["nfe_per_image"] == 2 * 3 and record["guidance"] == 2
+    plain, record = drawn("edit1", "init=init.npz", "strength=0.5", "guidance=1")
+    assert record["nfe_per_image"] == 3 and not np.array_equal(guided, plain)
+    filled, record = drawn("fill", "inpaint=init.npz", "mask=centre", "guidance=2")
+    known = np.ones((28, 28), bool)
+    known[7:21, 7:21] = False
+    assert np.array_equal(filled[:, known], init[np.arange(4) % 3][:, known]) and record["nfe_per_image"] == 2 * 6
+    assert not np.array_equal(filled, drawn("fill1", "inpaint=init.npz", "mask=centre", "guidance=1")[0])

@@ -8,7 +8,7 @@ import torch
 
 from conftest import composed, group_options
 from diffuse import DiffuseError
-from diffuse.config import DATASETS, MODELS, OBJECTIVES, SCHEDULES, build, locate, options, sampler
+from diffuse.config import MODELS, OBJECTIVES, SCHEDULES, build, dataset, locate, options, sampler
 from diffuse.data import ImageData
 from diffuse.objectives import Objective
 from diffuse.schedule import Schedule
@@ -40,10 +40,11 @@ def local_data(name: str, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("name", group_options("dataset"))
 def test_every_dataset_builds(name, data_root, tmp_path):
     cfg = composed("train", f"dataset={name}", *local_data(name, tmp_path))
+    assert cfg.dataset.lowres == 0  # train.yaml's default: every data set takes dataset.lowres=K (super-resolution)
     for train in (True, False):
         if name == "folder" and not train:
             continue  # a folder has a test split only when given one
-        data = build({**cfg.dataset, "train": train}, DATASETS, ImageData)
+        data = dataset(cfg.dataset, train)
         assert isinstance(data, ImageData) and data.images.dtype == torch.uint8
         assert data.shape == (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
         assert len(data) == len(data.labels) > 0 and data.labels.dtype == torch.long

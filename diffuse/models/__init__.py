@@ -6,7 +6,8 @@ A network is an `nn.Module` that
 - maps `(x (B,C,H,W), time (B,) float, labels (B,) int64 or None) -> (B,C,H,W)`, where `time` is the objective's
   time input (DDPM's objective: the timestep index in [0, T-1], fractional between table entries) and label
   `num_classes` is the null class of classifier-free guidance (labels=None means the null class; an unconditional
-  network refuses labels);
+  network refuses labels); a network with an attribute `cond_channels` > 0 (built with it, set from
+  `dataset.lowres`) also takes `cond=` (B,cond_channels,H,W), an image condition (super-resolution), and needs it;
 - can be built on the meta device (no data-dependent work in __init__) and keeps every tensor it needs in its
   state dict: a non-persistent buffer would come back from a checkpoint uninitialised, so it is refused.
 """

@@ -9,9 +9,10 @@ from diffuse.models.layers import Attention, Downsample, ResBlock, Upsample, gro
 
 
 class UNet(nn.Module):
-    """model(x_t (B,C,H,W), t (B,), labels (B,) | None) -> (B,C,H,W). A conditional UNet adds a class embedding
-    to the timestep embedding, with one extra "null" class (index num_classes) for classifier-free guidance
-    (Ho & Salimans 2022); labels=None means the null class."""
+    """model(x_t (B,C,H,W), t (B,), labels (B,) | None, cond (B,cond_channels,H,W) | None) -> (B,C,H,W). A
+    conditional UNet adds a class embedding to the timestep embedding, with one extra "null" class (index
+    num_classes) for classifier-free guidance (Ho & Salimans 2022); labels=None means the null class. With
+    cond_channels > 0 it takes an image condition concatenated to its input (SR3, Saharia et al. 2021, sec. 2.4)."""
 
     def __init__(
         self,
@@ -27,22 +28,25 @@ class UNet(nn.Module):
         num_classes: int = 10,  # classes of the data set (set from it when training)
         upsample: str = "nearest_conv",  # the order of the up path's conv and 2x nearest (see layers.Upsample)
         upsample_narrows: bool = False,  # the up path's conv maps to the width of the level it enters
+        cond_channels: int = 0,  # channels of an image condition (set from dataset.lowres: super-resolution)
     ):
         super().__init__()
         levels = len(channel_mult)
         if not (1 <= channels <= 4096 and 1 <= levels <= 8 and 0 <= num_res_blocks <= 16
-                and all(1 <= m <= 64 for m in channel_mult) and 1 <= in_channels <= 4):
+                and all(1 <= m <= 64 for m in channel_mult) and 1 <= in_channels <= 4 and 0 <= cond_channels <= 16):
             raise ValueError(f"UNet sizes out of range: channels {channels} (1..4096), channel_mult {list(channel_mult)} "
-                             f"(1..8 levels of 1..64), num_res_blocks {num_res_blocks} (0..16), in_channels {in_channels}")
+                             f"(1..8 levels of 1..64), num_res_blocks {num_res_blocks} (0..16), in_channels {in_channels} "
+                             f"(1..4), cond_channels {cond_channels} (0..16)")
         if any(not 0 <= a < levels for a in attention_levels):
             raise ValueError(f"attention_levels {list(attention_levels)} must lie in 0..{levels - 1}")
         if conditional and not 1 <= num_classes <= 100000:
             raise ValueError(f"num_classes must be in 1..100000, got {num_classes}")
         emb_dim = 4 * channels
         self.channels, self.conditional, self.num_classes = channels, conditional, num_classes
+        self.cond_channels = cond_channels
         self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if conditional else None  # the last row: null
-        self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.stem = nn.Conv2d(in_channels + cond_channels, channels, 3, padding=1)
 
         self.down = nn.ModuleList()
         skips, c = [channels], channels
@@ -78,8 +82,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        # x: (B,C,H,W), t: (B,) float timesteps, labels: (B,) int64 in 0..num_classes (num_classes = null)
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        # x: (B,C,H,W), t: (B,) float timesteps, labels: (B,) int64 in 0..num_classes (num_classes = null),
+        # cond: (B,cond_channels,H,W) the image condition
         emb = self.time_mlp(timestep_embedding(t, self.channels))  # (B, emb_dim)
         if self.label_emb is not None:
             if labels is None:
@@ -87,7 +92,10 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(labels)
         elif labels is not None:
             raise ValueError("this model is unconditional: it takes no labels (train it with model.conditional=true)")
-        h = self.stem(x)
+        if (cond is None) != (self.cond_channels == 0):
+            raise ValueError(f"this model takes {self.cond_channels} condition channels, and was given "
+                             f"{'none' if cond is None else cond.shape[1]}")
+        h = self.stem(x if cond is None else torch.cat([x, cond.to(x.dtype)], dim=1))
         hs = [h]
         for block in self.down:
             h = _apply(block, h, emb)
