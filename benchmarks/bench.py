@@ -15,8 +15,9 @@ Every figure runs in its own process (clean peak memory, no warm caches shared):
 loss, optimizer, EMA and data code) and compared with the shipped settings in the same run.
 Training rows also carry FLOPs per image (torch's FlopCounterMode, forward + backward), the achieved FLOP/s
 and, for bf16 on a known CUDA GPU, the model FLOP utilisation; on a GPU, every row has its peak GPU memory.
-`--compile` adds compiled training rows: the model is compiled first (forward + backward at the training
-shape, timed and reported), so that the loop's own compile finds the caches warm. On a GPU, a CIFAR-sized run:
+`--compile` adds compiled training rows (`--compile-backend`, default inductor): the model is compiled first
+(forward + backward at the training shape, timed and reported), so that the loop's own compile finds the caches
+warm. On a GPU, a CIFAR-sized run:
 
     python benchmarks/bench.py --model unet_cifar --set dataset.channels=3 --set dataset.image_size=32 \
         --precisions bf16 --compile --batch-size 256 --nfe 50
@@ -103,7 +104,7 @@ def train_job(cfg, out: str):
 
 
 def train_diffuse(precision: str, batch_size: int, seconds: float, model: str = "unet_mnist",
-                  overrides: list[str] = (), compile: bool = False) -> dict:
+                  overrides: list[str] = (), compile: bool = False, backend: str = "inductor") -> dict:
     """The real training loop for about `seconds`; images/s from its own metrics.csv rows."""
     from dataclasses import replace
 
@@ -111,7 +112,7 @@ def train_diffuse(precision: str, batch_size: int, seconds: float, model: str = 
     from diffuse.train import train
 
     cfg = compose("train", [f"model={model}", f"train.precision={precision}", f"train.batch_size={batch_size}",
-                            f"train.compile={str(compile).lower()}",
+                            f"train.compile={str(compile).lower()}", f"train.compile_backend={backend}",
                             "train.steps=1000000", "train.log_every=2",
                             "train.sample_every=0", "train.sample_n=1", "train.sample_steps=1", "train.ckpt_every=0",
                             *overrides])
@@ -121,7 +122,7 @@ def train_diffuse(precision: str, batch_size: int, seconds: float, model: str = 
         network = job.model.network
         params = sum(p.numel() for p in network.parameters())
         flops = train_flops_per_image(network.to(job.device), job.model.shape, job.device)
-        compile_s = compile_warmup(job, batch_size, numeric) if compile else 0.0
+        compile_s = compile_warmup(job, batch_size, numeric, backend) if compile else 0.0
         # the time budget (set here, once compile_s is known): the loop's deadline counts from its first step,
         # and a compile it repeats (cache miss) must not eat the timing
         train(job, replace(opts, max_minutes=(max(seconds, 1.0) + compile_s) / 60))
@@ -131,18 +132,18 @@ def train_diffuse(precision: str, batch_size: int, seconds: float, model: str = 
     util = mfu(flops * ips, job.device, numeric)
     return {"params": params, "images_per_s": ips, "steps": int(rows[-1]["step"]), "device": str(job.device),
             "train_GFLOP_per_image": round(flops / 1e9, 3), "achieved_TFLOP_per_s": round(flops * ips / 1e12, 3),
-            **({"compile_s": round(compile_s, 1)} if compile else {}),
+            **({"compile_s": round(compile_s, 1), "compile_backend": backend} if compile else {}),
             **({"mfu": round(util, 4)} if util is not None else {})}
 
 
-def compile_warmup(job, batch_size: int, numeric: str) -> float:
+def compile_warmup(job, batch_size: int, numeric: str, backend: str = "inductor") -> float:
     """Seconds to torch.compile the model's training step (forward + backward at the training batch shape),
     done before the timed loop so that the loop's own compile finds the caches warm."""
     from diffuse.loss import diffusion_loss
     from diffuse.precision import autocast
 
     model = job.model.network.to(job.device).train()
-    forward = torch.compile(model)
+    forward = torch.compile(model, backend=backend)
     x0 = torch.randn(batch_size, *job.model.shape, device=job.device)  # (B,C,H,W)
     generator = torch.Generator(job.device).manual_seed(0)
     t = time.perf_counter()
@@ -319,7 +320,7 @@ def measure(spec: dict) -> dict:
     model, overrides = spec.get("model", "unet_mnist"), spec.get("overrides", [])
     if kind == "train" and spec["impl"] == "diffuse":
         result = train_diffuse(spec["precision"], spec["batch_size"], spec["seconds"], model, overrides,
-                               spec.get("compile", False))
+                               spec.get("compile", False), spec.get("compile_backend", "inductor"))
     elif kind == "train":
         result = train_diffusers(spec["precision"], spec["batch_size"], spec["seconds"])
     elif kind == "sample" and spec["impl"] == "diffuse":
@@ -444,6 +445,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config overrides for diffuse, e.g. --set dataset.channels=3 --set dataset.image_size=32")
     ap.add_argument("--compile", action="store_true", help="also train with train.compile=true")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile's backend for --compile")
     ap.add_argument("--levers", nargs="?", const="all", default="", help="also measure the levers (all or a,b,c)")
     ap.add_argument("--out", type=Path, default=OUT, help="folder for bench.json and bench.md")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -461,7 +463,8 @@ def main() -> None:
               **base} for p in args.precisions.split(",") for i in impls]
     if args.compile:
         specs += [{"kind": "train", "impl": "diffuse", "precision": p, "batch_size": args.batch_size,
-                   "seconds": args.seconds, "compile": True, **base} for p in args.precisions.split(",")]
+                   "seconds": args.seconds, "compile": True, "compile_backend": args.compile_backend, **base}
+                  for p in args.precisions.split(",")]
     specs += [{"kind": "sample", "impl": i, "nfe": int(nfe), "n": args.sample_n, "batch_size": args.sample_batch,
                **base} for nfe in args.nfe.split(",") for i in impls]
     levers = list(LEVERS) if args.levers == "all" else [x for x in args.levers.split(",") if x]

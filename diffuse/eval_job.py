@@ -20,7 +20,7 @@ from diffuse.features.inception import FEATURES as INCEPTION_FEATURES
 from diffuse.features.inception_weights import locate_weights
 from diffuse.features.reference import StatsFile, read_stats
 from diffuse.image_files import ImageSet, check_images, read_images
-from diffuse.run import Context, dataset_builder, loaded_checkpoint, reference_node, test_split
+from diffuse.run import Context, checkpoint_test_split, dataset_builder, loaded_checkpoint, reference_node
 from diffuse.samplers import Sampler
 from diffuse.start_images import StartImages, start_images
 
@@ -63,9 +63,9 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
     config = nodes.plain(cfg)
     has_ckpt, has_samples = config.get("ckpt") is not None, config.get("samples") is not None
     if has_samples and (opts.guidance != 1.0 or opts.strength != 1.0 or opts.resample != 1 or any(
-            config.get(k) is not None for k in ("labels", "label", "init", "inpaint", "mask"))):
+            config.get(k) is not None for k in ("labels", "label", "init", "inpaint", "mask", "lowres"))):
         raise DiffuseError("labels, guidance, init=, strength, inpaint=, mask= and resample apply to generating "
-                           "(ckpt=); samples= scores the images as they are")
+                           "(ckpt=), and lowres= to upsampling with one; samples= scores the images as they are")
     if has_ckpt == has_samples:
         raise DiffuseError("give exactly one of ckpt=PATH (generate from a checkpoint) or samples=PATH (score an "
                            ".npz or a folder of images)")
@@ -75,7 +75,7 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
         job.loaded, job.sampler, job.classes = loaded_checkpoint(config, opts.steps, ctx.overrides)
         shape = job.loaded.model.shape
         job.images = start_images(config, opts, shape, job.sampler, job.loaded.model.lowres,
-                                  lambda: test_split(config, job.loaded))
+                                  lambda: checkpoint_test_split(config, job.loaded))
     else:
         job.samples_path = Path(str(config["samples"])).expanduser()
         job.samples = read_images(job.samples_path, opts.samples_range)

@@ -138,10 +138,11 @@ def build_train(cfg: DictConfig, ctx: Context, opts) -> TrainJob:
     network = train_network(config, data)
     keep = [o for o in ctx.overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
     split = "train" if config["dataset"].get("train", True) else "test"
-    grid_lowres = StartImages(degrade(data.images[:opts.sample_n].float() / 127.5 - 1, lowres), "the training "
-                              "set's first images", superres=True) if lowres else None
-    return TrainJob(world=world, model=DiffusionModel(network, objective, schedule, data.shape, lowres), sampler=sampler,
-                    data=data, grid_images=grid_lowres, loss=partial(diffusion_loss, lowres=lowres) if lowres else diffusion_loss,
+    grid_lowres = None if not lowres else StartImages(  # the grids upsample the first training images
+        degrade(data.images[:opts.sample_n].float() / 127.5 - 1, lowres), "training images", superres=True)
+    return TrainJob(world=world, model=DiffusionModel(network, objective, schedule, data.shape, lowres),
+                    sampler=sampler, data=data, grid_images=grid_lowres,
+                    loss=partial(diffusion_loss, lowres=lowres) if lowres else diffusion_loss,
                     optimizer=optimizer, device=device, out_dir=ctx.out_dir, seed=config["seed"], config=config,
                     reference=dataset_builder(config["dataset"], {split: data}),
                     cache_dir=Path(str(config["cache_dir"])).expanduser(), resume=resume,
@@ -186,11 +187,11 @@ def build_sample(cfg: DictConfig, ctx: Context, opts) -> SampleJob:
     config = nodes.plain(cfg)
     job = checkpoint_job(config, ctx, opts.steps, upsamples=True)
     job.images = start_images(config, opts, job.loaded.model.shape, job.sampler, job.loaded.model.lowres,
-                              lambda: test_split(config, job.loaded))
+                              lambda: checkpoint_test_split(config, job.loaded))
     return job
 
 
-def test_split(config: dict, loaded: LoadedModel) -> ImageData:
+def checkpoint_test_split(config: dict, loaded: LoadedModel) -> ImageData:
     """The test split of the checkpoint's data set (a super-resolution model's default inputs)."""
     return dataset_builder(reference_node(config, loaded, "the low-res inputs"))("test")
 

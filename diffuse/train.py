@@ -52,6 +52,7 @@ class TrainOptions:
     ema_warmup: bool
     precision: str
     compile: bool
+    compile_backend: str
     log_every: int
     sample_every: int
     sample_n: int
@@ -90,6 +91,9 @@ class TrainOptions:
         if not -100 <= self.guidance <= 100:
             raise DiffuseError(f"train.guidance must be in -100..100, got {self.guidance}")
         precision.check(self.precision, "train.precision")
+        backends = torch.compiler.list_backends(exclude_tags=())
+        if self.compile_backend not in backends:
+            raise DiffuseError(f"train.compile_backend must be one of {', '.join(backends)}, got {self.compile_backend!r}")
         if self.nonfinite not in ("stop", "skip"):
             raise DiffuseError(f"train.nonfinite must be stop or skip, got {self.nonfinite!r}")
 
@@ -183,7 +187,7 @@ def train(job, opts: TrainOptions) -> Path:
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(forward) if opts.compile else forward  # the DDP module, not the other way round
+    forward = torch.compile(forward, backend=opts.compile_backend) if opts.compile else forward  # the DDP module
     conditional = model.conditional
     numeric = precision.resolve(opts.precision, device)
     autocast = precision.autocast(numeric, device)

@@ -190,6 +190,7 @@ def _bad(tmp_path, *args, env=None):
      "starts; use ddim, ddpm, dpmpp_2m, dpmpp_3m (spacing=trailing), euler (spacing=trailing), euler_ancestral, "
      "flow_euler, flow_heun, unipc"),
     (("train", "train.lr_decay=exp"), "train.lr_decay must be one of none, cosine, linear, got 'exp'"),
+    (("train", "train.compile_backend=fastest"), "train.compile_backend must be one of "),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, data_root, args, expected):
     assert expected in _bad(tmp_path, *args)

@@ -186,6 +186,7 @@ def written(folder):
     ("sample", ("lowres=rgb.npz",), "lowres=rgb.npz has images of 7x7 with 3 channel(s)"),
     ("sample", ("init=low.npz",), "init=, strength, inpaint= and resample do not apply to it"),
     ("eval", ("inpaint=low.npz", "mask=centre"), "init=, strength, inpaint= and resample do not apply to it"),
+    ("eval", ("samples=low.npz", "lowres=low.npz"), "and lowres= to upsampling with one; samples= scores the images"),
     ("eval", ("dataset=folder", "dataset.path=."), "a super-resolution checkpoint needs low-res images: give "
                                                    "lowres=NPZ_OR_DIR"),
     ("interpolate", (), "is a super-resolution model (dataset.lowres=7): diffuse sample and diffuse eval upsample"),
@@ -216,3 +217,22 @@ def test_lowres_on_a_model_that_generates_from_noise_is_refused(tiny_run):
     proc = cli_in_process("sample", "ckpt=run", "lowres=low7.npz", "hydra.run.dir=refused", cwd=tiny_run, check=False)
     assert proc.returncode == 2 and "conditions a super-resolution checkpoint" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not written(tiny_run / "refused")
+
+
+def test_colour_images_upsample_from_8_to_32_with_a_3_channel_condition(tmp_path):
+    """CIFAR-10's case (32 px from 8) on a folder of RGB images the test writes: the network takes 3 condition
+    channels, and `lowres=` 8x8 colour images come back 32x32 colour images."""
+    from safetensors import safe_open
+
+    from fake_data import write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", per_class=8)
+    cli_in_process("train", *TINY_TRAIN, "dataset=folder", f"dataset.path={folder}", "dataset.lowres=8",
+                   "hydra.run.dir=run", cwd=tmp_path)
+    with safe_open(str(tmp_path / "run" / "checkpoints" / "last.safetensors"), "pt") as f:
+        config = json.loads(f.metadata()["config"])
+        assert f.get_slice("ema.stem.weight").get_shape()[1] == 3 + 3  # image and condition channels
+    assert config["model"]["cond_channels"] == 3 and config["dataset"]["lowres"] == 8
+    np.savez(tmp_path / "low.npz", images=uint8_images(3, 8, 3))
+    cli_in_process("sample", "ckpt=run", "lowres=low.npz", "n=3", "steps=2", "hydra.run.dir=s", cwd=tmp_path)
+    assert drawn(tmp_path / "s")[0].shape == (3, 32, 32, 3)
