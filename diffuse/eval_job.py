@@ -43,7 +43,8 @@ class EvalJob:
     classes: list[int] | None = None
     samples: ImageSet | None = None  # with samples=: the images to score, as read
     samples_path: Path | None = None
-    images: StartImages | None = None  # with ckpt=: what generation starts from besides noise (init=, inpaint=)
+    images: StartImages | None = None  # with ckpt=: what generation starts from besides noise (init=, inpaint=,
+    # or a super-resolution model's low-res images)
 
 
 def file_features(opts, stats: StatsFile) -> str:
@@ -71,11 +72,16 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
                            ".npz or a folder of images)")
     job = EvalJob(ctx.world, opts.features, distributed.device(ctx.world, nodes.device(config["device"])), ctx.out_dir,
                   Path(str(config["cache_dir"])).expanduser(), None, None)
+    read: dict[str, ImageData] = {}  # splits read on the way (a super-resolution model's inputs), reused below
     if has_ckpt:
         job.loaded, job.sampler, job.classes = loaded_checkpoint(config, opts.steps, ctx.overrides)
         shape = job.loaded.model.shape
-        job.images = start_images(config, opts, shape, job.sampler, job.loaded.model.lowres,
-                                  lambda: checkpoint_test_split(config, job.loaded))
+
+        def test_split() -> ImageData:
+            read["test"] = checkpoint_test_split(config, job.loaded)
+            return read["test"]
+
+        job.images = start_images(config, opts, shape, job.sampler, job.loaded.model.lowres, test_split)
     else:
         job.samples_path = Path(str(config["samples"])).expanduser()
         job.samples = read_images(job.samples_path, opts.samples_range)
@@ -93,7 +99,7 @@ def build_eval(cfg: DictConfig, ctx: Context, opts) -> EvalJob:
                "floor=true scores real images of a data set (floor=false scores against reference= alone)"
                if opts.floor else "cas=true trains and tests a classifier on a data set" if opts.cas else
                "classifier statistics need the classifier, trained on a data set")
-        job.reference = dataset_builder(reference_node(config, job.loaded, why))
+        job.reference = dataset_builder(reference_node(config, job.loaded, why), read)
         job.data = job.reference(opts.reference_split)
         check_real_data(job, shape, opts)
     if job.loaded is not None:

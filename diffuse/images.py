@@ -17,6 +17,11 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
+def from_uint8(images: np.ndarray) -> Tensor:
+    """(N,H,W,C) uint8 -> (N,C,H,W) float32 in [-1, 1]: the inverse of `to_uint8` on its values."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     """Tile (B,H,W,C) uint8 images into one (H', W', C) image, `nrow` per row (default: square)."""
     B, H, W, C = images.shape

@@ -71,7 +71,7 @@ class SampleJob:
     classes: list[int] | None  # the classes asked for, in turn (conditional models)
     device: torch.device
     out_dir: Path
-    images: StartImages | None = None  # what sampling starts from besides noise (init= or inpaint=)
+    images: StartImages | None = None  # what sampling starts from besides noise (init=, inpaint=, lowres=)
 
 
 def dataset_builder(node: dict, built: dict[str, ImageData] | None = None) -> Callable[[str], ImageData]:

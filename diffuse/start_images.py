@@ -17,7 +17,7 @@ from diffuse import DiffuseError
 from diffuse.data import ImageData
 from diffuse.generate import GenerationOptions, sample_seed
 from diffuse.image_files import read_images
-from diffuse.images import image_distance, to_uint8
+from diffuse.images import from_uint8, image_distance, to_uint8
 from diffuse.samplers import Sampler
 from diffuse.superres import degrade
 
@@ -111,7 +111,7 @@ def model_images(path: str, option: str, shape: tuple[int, int, int], takes: str
     if images.shape[1:] != (H, W, C):
         raise DiffuseError(f"{option}={path} has images of {images.shape[1]}x{images.shape[2]} with {images.shape[3]} "
                            f"channel(s), and the model {takes} {H}x{W} with {C}")
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, read.labels
+    return from_uint8(images), read.labels
 
 
 def lowres_images(config: dict, shape: tuple[int, int, int], lowres: int,

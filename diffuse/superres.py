@@ -5,12 +5,11 @@ close an upsampled image is to the truth and to its own low-resolution input."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from diffuse import DiffuseError
-from diffuse.images import image_distance, ssim
+from diffuse.images import from_uint8, image_distance, ssim
 from diffuse.validate import is_int
 
 
@@ -40,16 +39,11 @@ def upsample(low: Tensor, size: int) -> Tensor:
     return F.interpolate(low.float(), size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
-def to_tensor(images: np.ndarray) -> Tensor:
-    """(N,H,W,C) uint8 -> (N,C,H,W) float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 def superres_scores(images: np.ndarray, low: Tensor, truth: np.ndarray | None) -> dict:
     """How good upsampled images (n,H,W,C) uint8 are: consistency (their degradation against the low-res inputs
     (n,C,h,w) in [-1, 1], in uint8 levels: mean, largest, share within one level) and, when the true
     high-resolution images (n,H,W,C) uint8 are known, PSNR (all pixels together), RMSE and mean SSIM against them."""
-    back = degrade(to_tensor(images), low.shape[-1])
+    back = degrade(from_uint8(images), low.shape[-1])
     levels = ((back - low.float()).abs() * 127.5).round()  # (n,C,h,w) in uint8 levels
     out = {"consistency": {"mean_abs_uint8": round(levels.mean().item(), 4), "max_abs_uint8": int(levels.max().item()),
                            "within_1_share": round((levels <= 1).float().mean().item(), 6)}}

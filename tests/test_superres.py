@@ -11,13 +11,13 @@ from conftest import TINY_TRAIN, cli_in_process, group_options, sampler_from_yam
 from diffuse import DiffuseError
 from diffuse.denoiser import DiffusionModel, ModelDenoiser
 from diffuse.generate import GenerationOptions, generate
-from diffuse.images import ssim, to_uint8
+from diffuse.images import from_uint8, ssim, to_uint8
 from diffuse.loss import diffusion_loss
 from diffuse.models.unet import UNet
 from diffuse.objectives.ddpm import DDPM
 from diffuse.schedules.linear import linear
 from diffuse.start_images import StartImages
-from diffuse.superres import check_lowres, degrade, superres_scores, to_tensor, upsample
+from diffuse.superres import check_lowres, degrade, superres_scores, upsample
 
 
 def uint8_images(n, side, channels=1, seed=0):
@@ -25,7 +25,7 @@ def uint8_images(n, side, channels=1, seed=0):
 
 
 def test_degrade_averages_each_square_and_lands_on_uint8_levels():
-    x = to_tensor(uint8_images(3, 28, 3))  # (3,3,28,28)
+    x = from_uint8(uint8_images(3, 28, 3))  # (3,3,28,28)
     low = degrade(x, 7)
     assert low.shape == (3, 3, 7, 7)
     levels = (x + 1) * 127.5
@@ -35,7 +35,7 @@ def test_degrade_averages_each_square_and_lands_on_uint8_levels():
 
 
 def test_upsampling_keeps_a_constant_image_and_nearest_upsampling_degrades_back_exactly():
-    low = degrade(to_tensor(uint8_images(4, 7)), 7)
+    low = degrade(from_uint8(uint8_images(4, 7)), 7)
     assert torch.allclose(upsample(torch.full((1, 1, 7, 7), 0.3), 28), torch.full((1, 1, 28, 28), 0.3), atol=1e-6)
     nearest = to_uint8(low.repeat_interleave(4, -1).repeat_interleave(4, -2))  # (4,28,28,1)
     scores = superres_scores(nearest, low, None)["consistency"]
@@ -81,22 +81,24 @@ class Spy(torch.nn.Module):
 
 
 def test_the_loss_conditions_on_the_degraded_batch_of_its_own_part():
-    x0 = to_tensor(uint8_images(6, 28))
+    x0 = from_uint8(uint8_images(6, 28))
     spy = Spy()
     diffusion_loss(spy, DDPM("eps"), linear(), x0, torch.Generator().manual_seed(0), labels=torch.arange(6),
                    part=slice(2, 5), lowres=7)
     assert torch.equal(spy.conds[0], upsample(degrade(x0[2:5], 7), 28))
     unet = UNet(in_channels=1, channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(),
                 cond_channels=1)
+    with torch.no_grad():  # the zero-initialised head passes no gradient back: give it weights
+        unet.head[-1].weight.normal_(std=0.05)
     loss = diffusion_loss(unet, DDPM("eps"), linear(), x0, torch.Generator().manual_seed(0), lowres=7)
     loss.backward()
-    assert unet.stem.weight.grad[:, 1].abs().sum() == 0  # zero head: only the next step reaches the condition
+    assert unet.stem.weight.grad[:, 1].abs().sum() > 0  # the condition channel reaches the loss
     with pytest.raises(ValueError, match="takes 1 condition channels, and was given none"):
         unet(x0, torch.zeros(6))
 
 
 def test_generation_conditions_image_i_on_low_res_image_i_mod_m_in_any_batch_size_and_under_guidance():
-    low = degrade(to_tensor(uint8_images(3, 28)), 7)  # (3,1,7,7)
+    low = degrade(from_uint8(uint8_images(3, 28)), 7)  # (3,1,7,7)
     start = StartImages(low, "test", superres=True)
     spy = Spy()
     model = DiffusionModel(spy, DDPM("eps"), linear(), (1, 28, 28), lowres=7)
@@ -127,7 +129,7 @@ def test_every_sampler_upsamples_and_the_condition_changes_the_images(name):
     model = DiffusionModel(unet, DDPM("eps"), linear(), (1, 28, 28), lowres=7)
     opts = GenerationOptions(n=2, batch_size=2, steps=4, seed=0, precision="fp32", clip_x0=False,
                              dynamic_threshold=0.0, guidance=1.0, guidance_rescale=0.0)
-    low = degrade(to_tensor(uint8_images(2, 28)), 7)
+    low = degrade(from_uint8(uint8_images(2, 28)), 7)
     one, other = (generate(model, sampler_from_yaml(name), opts, torch.device("cpu"),
                            images=StartImages(x, "test", superres=True)).images for x in (low, -low))
     assert one.shape == (2, 28, 28, 1) and not np.array_equal(one, other)
