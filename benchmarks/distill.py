@@ -1,5 +1,6 @@
 """Distilled students against their teacher on MNIST: `diffuse distill` of one checkpoint, then classifier FID of
-every student at its step count, of the teacher's own DDIM walk at the same step counts, and of the converged ODE.
+every student at its step counts (a consistency student: each it records, up to 8), of the teacher's own DDIM walk
+at the same step counts, and of the converged ODE.
 
     python benchmarks/distill.py --ckpt RUN --out DIR [--n 10000] [--teacher-steps 1,2,4,8,16]
         [--converged flow_euler:50] [--precision auto] [-- KEY=VALUE ...]   # the rest: diffuse distill's options
@@ -54,11 +55,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     folder = args.out / "distill"
     manifest = folder / "distill.json"
-    if not manifest.exists() or not all((p / "student.json").exists() for p in folder.glob("steps_*")):
+    runs = [p for p in folder.iterdir() if (p / "checkpoints").is_dir()] if folder.is_dir() else []
+    if not manifest.exists() or not runs or not all((p / "student.json").exists() for p in runs):
         sh([*DIFFUSE, "distill", f"ckpt={args.ckpt}", f"hydra.run.dir={folder}", *options], args.out / "distill.log")
     setup = json.loads(manifest.read_text())
-    students = sorted((json.loads((p / "student.json").read_text()) for p in folder.glob("steps_*")),
-                      key=lambda s: s["steps"])
+    students = sorted(({**json.loads((p / "student.json").read_text()), "folder": p} for p in folder.glob("*/student.json")
+                       for p in [p.parent]), key=lambda s: s["steps"])
     sampler, steps = args.converged.split(":")
     rows = [{"model": "teacher", "walk": f"{sampler} (converged)", "steps": int(steps),
              **evaluate(args, f"eval_converged_{sampler}_{steps}", args.ckpt, int(steps), [f"sampler={sampler}"])}]
@@ -66,10 +68,11 @@ def main() -> None:
         rows.append({"model": "teacher", "walk": f"ddim ({setup['spacing']})", "steps": k,
                      **evaluate(args, f"eval_teacher_ddim_{k}", args.ckpt, k,
                                 ["sampler=ddim", f"sampler.spacing={setup['spacing']}"])})
-    for s in students:
-        rows.append({"model": f"student (round {s['round']}, {s['seconds']} s)", "walk": "ddim (distilled)",
-                     "steps": s["steps"], **evaluate(args, f"eval_student_{s['steps']}", folder / f"steps_{s['steps']}",
-                                                     s["steps"], [])})
+    for s in students:  # a progressive student walks its own steps; a consistency student each count it records
+        for k in [k for k in s.get("walks", [s["steps"]]) if k <= 8]:
+            rows.append({"model": f"{s['method']} student (round {s['round']}, {s['seconds']} s)",
+                         "walk": "ddim (distilled)", "steps": k,
+                         **evaluate(args, f"eval_student_{s['folder'].name}_{k}", s["folder"], k, [])})
     converged = rows[0]["fid"]
     for r in rows:
         r["x_converged"] = round(r["fid"] / converged, 2)

@@ -1,7 +1,8 @@
 """`diffuse distill ckpt=TEACHER`: progressive distillation (diffuse.progressive) in rounds, each an ordinary training
 run of `diffuse.train` (so resume, signals and kill-safety are train's) whose student takes in one step what its
-teacher took in two. Every round's student is a checkpoint of its own (steps_N/) that `diffuse sample` and
-`diffuse eval` walk at its N steps; its metadata names its teacher, the method and its timesteps."""
+teacher took in two; or consistency distillation (diffuse.consistency) in one such run. Every student is a checkpoint
+of its own (steps_N/, or consistency/) that `diffuse sample` and `diffuse eval` walk at the step counts it was
+distilled for; its metadata names its teacher, the method and its timesteps."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffuse import DiffuseError, conf, config as nodes, distributed
 from diffuse.checkpoint import LAST, LoadedModel, load_model, write_atomic
 from diffuse.config import OPTIMIZERS, build
+from diffuse.consistency import ConsistencyLoss
 from diffuse.data import ImageData
 from diffuse.denoiser import DiffusionModel
 from diffuse.features.cache import sha256
@@ -32,6 +34,7 @@ from diffuse.validate import seed as check_seed
 log = logging.getLogger(__name__)
 
 MANIFEST, STUDENT, FORMAT = "distill.json", "student.json", "diffuse-distill/1"
+METHODS = ("progressive", "consistency")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class DistillOptions:
     distillation's own defaults in conf/distill.yaml). train.max_minutes is the whole distillation's budget,
     shared evenly by the rounds; train.steps caps each round."""
 
+    method: str  # progressive (rounds of halving) | consistency (one run over the teacher's walk)
     teacher_steps: int  # the teacher's DDIM walk that the first round halves
     student_steps: int  # the last round's student; each round halves the steps
     spacing: str  # the spacing of the teacher's walk
@@ -47,6 +51,8 @@ class DistillOptions:
     train: TrainOptions
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise DiffuseError(f"method={self.method!r} is not a distillation method; allowed: {', '.join(METHODS)}")
         ratio = self.teacher_steps // max(self.student_steps, 1)
         if (self.student_steps < 1 or self.teacher_steps <= self.student_steps or ratio * self.student_steps
                 != self.teacher_steps or ratio & (ratio - 1)):
@@ -57,7 +63,15 @@ class DistillOptions:
 
     @property
     def rounds(self) -> int:
-        return (self.teacher_steps // self.student_steps).bit_length() - 1
+        """Progressive distillation's rounds (one run for consistency distillation)."""
+        return (self.teacher_steps // self.student_steps).bit_length() - 1 if self.method == "progressive" else 1
+
+    @property
+    def walks(self) -> list[int]:
+        """The step counts the students walk: student_steps, twice that, ... below teacher_steps (progressive: one
+        student each), or up to teacher_steps itself (consistency: one student for all)."""
+        top = (self.teacher_steps // self.student_steps).bit_length() - (self.method == "progressive")
+        return [self.student_steps << j for j in range(top)]
 
 
 @dataclass(eq=False)
@@ -107,10 +121,9 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
                            f"({teacher.config['distill'].get('teacher')}) with a smaller student_steps")
     schedule = teacher.model.schedule
     teacher_ts = schedule.timesteps(opts.teacher_steps, opts.spacing)
-    student_sampler, walk = ddim_node(), teacher_ts
-    for _ in range(opts.rounds):
-        walk = halve(walk)
-        checked_sampler(student_sampler, schedule, len(walk) - 1, tuple(walk), "distilled")
+    student_sampler = ddim_node()
+    for k in opts.walks:
+        checked_sampler(student_sampler, schedule, k, tuple(every(teacher_ts, k)), "distilled")
     if not isinstance(teacher.config.get("optimizer"), dict):
         raise DiffuseError(f"ckpt={teacher.path}: its config names no optimizer to distil with")
     optimizer = build(teacher.config["optimizer"], OPTIMIZERS)
@@ -124,7 +137,7 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
         raise DiffuseError(f"the data set {data.name} has images {list(data.shape)}, and ckpt={teacher.path} makes "
                            f"{list(teacher.model.shape)}")
     seed = check_seed(config["seed"])
-    manifest = {"format": FORMAT, "method": "progressive", **{k: v for k, v in asdict(opts).items() if k != "train"},
+    manifest = {"format": FORMAT, **{k: v for k, v in asdict(opts).items() if k != "train"},
                 "seed": seed, "teacher_sha256": sha256(teacher.path), "teacher_weights": teacher.weights,
                 "teacher": str(teacher.path), "teacher_timesteps": teacher_ts}
     if given is not None and (out_dir / MANIFEST).is_file():  # the same distillation, or none
@@ -142,49 +155,70 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
                       " ".join(["diffuse distill", f"resume={out_dir.resolve()}", *keep]))
 
 
-def distill(job: DistillJob, opts: DistillOptions) -> Path:
-    """Round k trains a student, started from its teacher's weights, to walk halve(teacher walk); the next round's
-    teacher is its EMA. A round whose steps_N/student.json exists is done (a resumed distillation skips it); one
-    with a checkpoint continues from it exactly. Returns the last student's checkpoint."""
-    world, device = job.world, job.device
+def every(ts: list[float], k: int) -> list[float]:
+    """The k-step walk inside an N-step walk ts (N+1 timesteps, ending at -1): every (N/k)-th timestep."""
+    return ts[::(len(ts) - 1) // k]
+
+
+def train_student(job: DistillJob, opts: DistillOptions, k: int, folder: Path, record: dict, loss,
+                  train_opts: TrainOptions) -> Path:
+    """One student: a training run in `folder` started from the teacher's weights (round k's seed), with `loss`;
+    a finished one (student.json) is kept, an unfinished one continues from its checkpoint exactly."""
+    world, last = job.world, folder / "checkpoints" / LAST
+    if (folder / STUDENT).is_file():
+        log.info("%s: the student is done (%s)", folder.name, last)
+        return last
+    resume = read_resume(last, str(last))[0] if last.is_file() else None
+    torch.manual_seed(job.seed + k)  # dropout of this run
+    student = copy.deepcopy(loss.teacher).requires_grad_(True)
+    model, n = job.teacher.model, min(record["walks"])
+    round_job = TrainJob(
+        world=world, model=DiffusionModel(student, model.objective, model.schedule, model.shape),
+        sampler=checked_sampler(job.config["sampler"], model.schedule, n, tuple(every(record["timesteps"], n)),
+                                "distilled"),
+        data=job.data, optimizer=job.optimizer, device=job.device, out_dir=folder, seed=job.seed + k,
+        config={**job.config, "distill": record}, reference=job.reference, cache_dir=job.cache_dir, resume=resume,
+        resume_command=job.resume_command, loss=loss)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    last = train(round_job, replace(train_opts, sample_steps=n, eval_steps=n))
     if world.main:
+        write_atomic(folder / STUDENT, (json.dumps({**record, "checkpoint": str(last),
+                                                    "seconds": round(time.perf_counter() - started, 1)},
+                                                   indent=2) + "\n").encode())
+    world.barrier()
+    return last
+
+
+def distill(job: DistillJob, opts: DistillOptions) -> Path:
+    """Progressive: round k trains a student, started from its teacher's weights, to walk halve(teacher walk); the
+    next round's teacher is its EMA. Consistency: one student over the teacher's walk, for every step count in
+    opts.walks. A student whose student.json exists is done (a resumed distillation skips it); one with a
+    checkpoint continues from it exactly. Returns the last student's checkpoint."""
+    if job.world.main:
         write_atomic(job.out_dir / MANIFEST, (json.dumps(job.manifest, indent=2) + "\n").encode())
-    teacher, ts = job.teacher.model.network.to(device), job.teacher_ts
+    teacher, ts = job.teacher.model.network.to(job.device), job.teacher_ts
     teacher_path, began = str(job.teacher.path), time.perf_counter()
+    first = {"first_teacher": job.manifest["teacher"], "first_teacher_sha256": job.manifest["teacher_sha256"]}
+    if opts.method == "consistency":
+        record = {"method": "consistency", "teacher": teacher_path, "teacher_steps": opts.teacher_steps,
+                  "steps": opts.teacher_steps, "timesteps": ts, "walks": opts.walks, "round": 1, "rounds": 1, **first}
+        log.info("consistency distillation of %s over its %d-step walk: a student of %s steps", teacher_path,
+                 opts.teacher_steps, ", ".join(map(str, opts.walks)))
+        last = train_student(job, opts, 1, job.out_dir / "consistency", record,
+                             ConsistencyLoss(teacher, ts, opts.clip_x0), opts.train)
+        log.info("distilled in %.1f s: consistency/", time.perf_counter() - began)
+        return last
     per_round = replace(opts.train, max_minutes=opts.train.max_minutes / opts.rounds)
     for k in range(1, opts.rounds + 1):
         student_ts = halve(ts)
         n = len(student_ts) - 1
-        folder = job.out_dir / f"steps_{n}"
-        last = folder / "checkpoints" / LAST
-        if (folder / STUDENT).is_file():
-            log.info("round %d of %d: the %d-step student is done (%s)", k, opts.rounds, n, last)
-        else:
-            resume = read_resume(last, str(last))[0] if last.is_file() else None
-            record = {"method": "progressive", "teacher": teacher_path, "teacher_steps": 2 * n, "steps": n,
-                      "timesteps": student_ts, "round": k, "rounds": opts.rounds,
-                      "first_teacher": job.manifest["teacher"], "first_teacher_sha256": job.manifest["teacher_sha256"]}
-            torch.manual_seed(job.seed + k)  # dropout of this round
-            student = copy.deepcopy(teacher).requires_grad_(True)
-            model = job.teacher.model
-            round_job = TrainJob(
-                world=world, model=DiffusionModel(student, model.objective, model.schedule, model.shape),
-                sampler=checked_sampler(job.config["sampler"], model.schedule, n, tuple(student_ts), "distilled"),
-                data=job.data,
-                optimizer=job.optimizer, device=device, out_dir=folder, seed=job.seed + k,
-                config={**job.config, "distill": record}, reference=job.reference,
-                cache_dir=job.cache_dir, resume=resume, resume_command=job.resume_command,
-                loss=ProgressiveLoss(teacher, ts, opts.clip_x0))
-            log.info("round %d of %d: a %d-step student from %s's %d steps", k, opts.rounds, n, teacher_path, 2 * n)
-            folder.mkdir(parents=True, exist_ok=True)
-            started = time.perf_counter()
-            last = train(round_job, replace(per_round, sample_steps=n, eval_steps=n))
-            if world.main:
-                write_atomic(folder / STUDENT, (json.dumps({**record, "checkpoint": str(last),
-                                                            "seconds": round(time.perf_counter() - started, 1)},
-                                                           indent=2) + "\n").encode())
-            world.barrier()
-        teacher, ts, teacher_path = load_model(last, "ema").model.network.to(device), student_ts, str(last)
+        record = {"method": "progressive", "teacher": teacher_path, "teacher_steps": 2 * n, "steps": n,
+                  "timesteps": student_ts, "walks": [n], "round": k, "rounds": opts.rounds, **first}
+        log.info("round %d of %d: a %d-step student from %s's %d steps", k, opts.rounds, n, teacher_path, 2 * n)
+        last = train_student(job, opts, k, job.out_dir / f"steps_{n}", record,
+                             ProgressiveLoss(teacher, ts, opts.clip_x0), per_round)
+        teacher, ts, teacher_path = load_model(last, "ema").model.network.to(job.device), student_ts, str(last)
     log.info("distilled %d round(s) in %.1f s: students %s", opts.rounds, time.perf_counter() - began,
              ", ".join(f"steps_{opts.teacher_steps >> k}" for k in range(1, opts.rounds + 1)))
     return last

@@ -41,6 +41,32 @@ def scales(schedule: Schedule, t: Tensor, device: torch.device) -> tuple[Tensor,
     return abar.sqrt().float().to(device), (1 - abar).sqrt().float().to(device)
 
 
+def ddim_step(network: nn.Module, objective: Objective, schedule: Schedule, x: Tensor, t: Tensor, t_next: Tensor,
+              labels: Tensor | None, clip_x0: bool) -> Tensor:
+    """One deterministic DDIM step (Song et al. 2021, eq. 12 at eta = 0) of `network` from x (B,C,H,W) at t to t_next
+    (B,); t_next = -1 lands on its x0. `clip_x0` clamps x0 to [-1, 1] as the sampling denoiser does."""
+    eps, x0 = predict(network, objective, schedule, x, t, labels)
+    alpha, sigma = scales(schedule, t, x.device)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = (x - alpha * x0) / sigma  # (eps, x0) consistent with x, as the sampling denoiser keeps them
+    alpha_next, sigma_next = scales(schedule, t_next, x.device)
+    return alpha_next * x0 + sigma_next * eps
+
+
+def walk_draws(steps: int, x0: Tensor, generator: torch.Generator, labels: Tensor | None, drop_prob: float,
+               null_label: int | None, part: slice) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """A distillation loss's draws for x0 (B,C,H,W): a step of the walk (B,) on the CPU, noise, label dropout, in that
+    order over the whole batch (as in diffusion_loss, so every rank draws alike); then this rank's `part` of each."""
+    B, device = x0.shape[0], x0.device
+    i = torch.randint(0, steps, (B,), device=device, generator=generator).cpu()  # (B,)
+    eps = torch.randn(x0.shape, device=device, generator=generator)
+    if labels is not None and drop_prob > 0:
+        drop = torch.rand(B, device=device, generator=generator) < drop_prob
+        labels = torch.where(drop, torch.full_like(labels, null_label), labels)
+    return i[part], x0[part].float(), eps[part], None if labels is None else labels[part]
+
+
 class ProgressiveLoss:
     """The loss of one round: the teacher walks `teacher_ts` (2N steps), the student `halve(teacher_ts)` (N steps).
     Called as the training loop calls `diffuse.loss.diffusion_loss`; `clip_x0` clamps the teacher's x0 as its
@@ -51,17 +77,6 @@ class ProgressiveLoss:
         self.teacher_ts = torch.tensor(teacher_ts, dtype=torch.float64)  # (2N+1,)
         self.student_ts = torch.tensor(halve(teacher_ts), dtype=torch.float64)  # (N+1,)
 
-    def teacher_step(self, objective: Objective, schedule: Schedule, x: Tensor, t: Tensor, t_next: Tensor,
-                     labels: Tensor | None) -> Tensor:
-        """One deterministic DDIM step of the teacher (Song et al. 2021, eq. 12 at eta = 0) from t to t_next (B,)."""
-        eps, x0 = predict(self.teacher, objective, schedule, x, t, labels)
-        alpha, sigma = scales(schedule, t, x.device)
-        if self.clip_x0:
-            x0 = x0.clamp(-1, 1)
-            eps = (x - alpha * x0) / sigma  # (eps, x0) consistent with x, as the sampling denoiser keeps them
-        alpha_next, sigma_next = scales(schedule, t_next, x.device)
-        return alpha_next * x0 + sigma_next * eps
-
     def __call__(self, network: nn.Module, objective: Objective, schedule: Schedule, x0: Tensor,
                  generator: torch.Generator, labels: Tensor | None = None, drop_prob: float = 0.0,
                  null_label: int | None = None, part: slice = slice(None)) -> Tensor:
@@ -69,21 +84,14 @@ class ProgressiveLoss:
         target is the x0 from which one DDIM step lands there, (x_t'' - (sigma_t''/sigma_t) x_t) / (alpha_t'' -
         (sigma_t''/sigma_t) alpha_t); the error is weighted by max(SNR_t, 1) ("truncated SNR", their eq. 9). The
         draws (step, noise, label dropout, in that order) cover the whole batch, as in diffusion_loss."""
-        B, device = x0.shape[0], x0.device
-        steps = len(self.student_ts) - 1
-        i = torch.randint(0, steps, (B,), device=device, generator=generator).cpu()  # (B,) the student's step
-        eps = torch.randn(x0.shape, device=device, generator=generator)
-        if labels is not None and drop_prob > 0:
-            drop = torch.rand(B, device=device, generator=generator) < drop_prob
-            labels = torch.where(drop, torch.full_like(labels, null_label), labels)
-        i = i[part]
-        x0, eps, labels = x0[part].float(), eps[part], None if labels is None else labels[part]
+        device = x0.device
+        i, x0, eps, labels = walk_draws(len(self.student_ts) - 1, x0, generator, labels, drop_prob, null_label, part)
         t, t_mid, t_next = self.student_ts[i], self.teacher_ts[2 * i + 1], self.student_ts[i + 1]
         alpha, sigma = scales(schedule, t, device)
         x_t = alpha * x0 + sigma * eps  # (b,C,H,W)
         with torch.no_grad():
-            x_mid = self.teacher_step(objective, schedule, x_t, t, t_mid, labels)
-            x_next = self.teacher_step(objective, schedule, x_mid, t_mid, t_next, labels)
+            x_mid = ddim_step(self.teacher, objective, schedule, x_t, t, t_mid, labels, self.clip_x0)
+            x_next = ddim_step(self.teacher, objective, schedule, x_mid, t_mid, t_next, labels, self.clip_x0)
             alpha_next, sigma_next = scales(schedule, t_next, device)
             ratio = sigma_next / sigma
             target = (x_next - ratio * x_t) / (alpha_next - ratio * alpha)  # (b,C,H,W)

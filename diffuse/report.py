@@ -37,6 +37,8 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
                 sampler += f" eta={settings['eta']}"
             walked = record.get("spacing")  # a tuned walk, a distilled student's, or the spacing (auto: its setting)
             spacing = walked if walked in ("tuned", "distilled") else settings.get("spacing")
+            if walked == "distilled" and record.get("student"):
+                spacing = f"distilled ({record['student']})"
             rows.append({"sampler": sampler, "spacing": spacing, "steps": record.get("steps"), "nfe": record.get("nfe"),
                          "n": record.get("n"), "guidance": (record.get("options") or {}).get("guidance"),
                          "strength": (record.get("start") or {}).get("strength"),
@@ -88,32 +90,52 @@ def plot(rows: list[dict], path: Path, metric: str, x: str = "nfe") -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines: dict[str, list[tuple[float, float]]] = {}
+    lines: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (sampler, rest of the label) -> points
     for r in rows:
         if isinstance(r.get(x), (int, float)) and isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]):
-            label = r["sampler"] + (f" ({r['spacing']})" if r.get("spacing") else "")
-            label += f", {r['steps']} steps" if x != "nfe" and r.get("steps") is not None else ""
-            lines.setdefault(label, []).append((r[x], r[metric]))
+            rest = f"({r['spacing']})" if r.get("spacing") else ""
+            rest += f", {r['steps']} steps" if x != "nfe" and r.get("steps") is not None else ""
+            lines.setdefault((r["sampler"], rest), []).append((r[x], r[metric]))
     if not lines:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for sampler, points in sorted(lines.items()):
+    many = len(lines) > 8  # then the legend goes beside the plot, and each sampler keeps one colour
+    fig, ax = plt.subplots(figsize=(11 if many else 7, max(4.5, 0.22 * len(lines)) if many else 4.5), dpi=120)
+    samplers = sorted({sampler for sampler, _ in lines})
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 3))]
+    rests: dict[str, list[str]] = {}
+    for sampler, rest in sorted(lines):
+        rests.setdefault(sampler, []).append(rest)
+    for (sampler, rest), points in sorted(lines.items()):
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=sampler)
+        k = rests[sampler].index(rest)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="osD^vP*"[k % 7], markersize=4,
+                color=f"C{samplers.index(sampler) % 10}", linestyle=styles[k % len(styles)] if many else "-",
+                label=f"{sampler} {rest}".strip())
     floors = [r["floor_fid"] for r in rows if metric == "fid" and isinstance(r.get("floor_fid"), (int, float))]
     if floors:
         ax.axhline(min(floors), color="grey", linestyle="--", linewidth=1, label="floor (real data)")
     if x == "nfe":
         ax.set_xscale("log")
-        ticks = sorted({p[0] for pts in lines.values() for p in pts})
+        ticks: list[float] = []
+        for t in sorted({p[0] for pts in lines.values() for p in pts}):  # labels at least 12% apart: no overlap
+            if not ticks or t >= 1.12 * ticks[-1]:
+                ticks.append(t)
         ax.set_xticks(ticks, [str(int(t)) for t in ticks])
         ax.minorticks_off()
-    if metric in LOWER_IS_BETTER and all(p[1] > 0 for pts in lines.values() for p in pts):
+    values = [p[1] for pts in lines.values() for p in pts]
+    label = metric + (" (lower is better)" if metric in LOWER_IS_BETTER else " (higher is better)")
+    if metric in LOWER_IS_BETTER and all(v > 0 for v in values):
         ax.set_yscale("log")
+        if max(values) > 30 * min(values):  # a few diverging walks would flatten the rest: cut the axis, say so
+            ax.set_ylim(top=30 * min(values))
+            label += f"; axis cut at {30 * min(values):.3g}"
     ax.set_xlabel(AXES[x])
-    ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else " (higher is better)"))
+    ax.set_ylabel(label)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if many:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=1 + len(lines) // 40)
+    else:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

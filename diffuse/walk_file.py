@@ -75,8 +75,9 @@ def checked_timesteps(ts: list, steps: int, T: int, where: str) -> list[float]:
 
 
 def student_walk(loaded: LoadedModel, steps: int, sampler_named: bool, schedule_file) -> tuple[float, ...] | None:
-    """The walk of a student from `diffuse distill` (its checkpoint's `distill` record): DDIM at the timesteps it
-    was distilled for, held to steps=; None for any other checkpoint."""
+    """The walk of a student from `diffuse distill` (its checkpoint's `distill` record): DDIM at every (N/k)-th of
+    the N timesteps it was distilled on, for k = steps=, one of the step counts it records (`walks`; a progressive
+    student: N alone); None for any other checkpoint."""
     record = loaded.config.get("distill")
     if record is None:
         return None
@@ -84,10 +85,15 @@ def student_walk(loaded: LoadedModel, steps: int, sampler_named: bool, schedule_
     if not isinstance(record, dict) or not is_int(record.get("steps")) or not isinstance(record.get("timesteps"), list):
         raise DiffuseError(f"{where}: damaged distill record in its metadata (steps and timesteps expected)")
     ts, n = checked_timesteps(record["timesteps"], record["steps"], loaded.model.schedule.T, where), record["steps"]
-    if steps != n:
-        raise DiffuseError(f"{where} is a student distilled for {n} step{'s' * (n > 1)} ({record.get('method')} "
-                           f"distillation), trained for those timesteps only: pass steps={n}")
+    walks = record.get("walks", [n])
+    if not isinstance(walks, list) or not walks or not all(is_int(k) and 0 < k <= n and n % k == 0 for k in walks):
+        raise DiffuseError(f"{where}: damaged distill record in its metadata (walks must divide its {n} steps)")
+    if steps not in walks:
+        counts = ", ".join(map(str, walks))
+        raise DiffuseError(f"{where} is a student distilled for {counts} step{'s' * (walks != [1])} "
+                           f"({record.get('method')} distillation), trained for those timesteps only: pass "
+                           f"steps={' or steps='.join(map(str, walks))}")
     if sampler_named or schedule_file is not None:
         raise DiffuseError(f"{where} is a distilled student: it walks DDIM at the timesteps it was distilled for; "
                            f"leave out {'sampler' if sampler_named else 'schedule_file'}")
-    return tuple(ts)
+    return tuple(ts[::n // steps])

@@ -125,7 +125,7 @@ def test_distill_writes_students_that_sample_and_evaluate_as_checkpoints(distill
     scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert scores["nfe"] == 1 and math.isfinite(scores["metrics"]["fid"])
     rows, _ = collect(tmp_path / "ev")  # diffuse report: the students' line is apart from the teacher's DDIM
-    assert [(r["sampler"], r["spacing"], r["nfe"]) for r in rows] == [("ddim", "distilled", 1)]
+    assert [(r["sampler"], r["spacing"], r["nfe"]) for r in rows] == [("ddim", "distilled (progressive)", 1)]
 
 
 @pytest.mark.parametrize("args,expected", [

@@ -1,0 +1,108 @@
+"""Consistency distillation: its loss on exact answers (the student that maps every point of the teacher's walk to
+that walk's end has zero loss and samples, in 1, 2 or 4 DDIM steps, the teacher's N-step images), and `diffuse
+distill method=consistency` through the real CLI: one student that walks each recorded step count, refuses others."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN, cli_in_process, run_cli, sampler_from_yaml
+from diffuse.checkpoint import load_checkpoint, metadata_config
+from diffuse.consistency import ConsistencyLoss, pseudo_huber
+from diffuse.denoiser import DiffusionModel, ModelDenoiser
+from diffuse.objectives.ddpm import DDPM
+from diffuse.schedules.linear import linear
+from exact import objective_denoiser
+from test_distill import DISTILL, MIXTURE, Wrapped, teacher_as_module
+
+
+def oracle_consistency(objective, schedule, walk: list[float]) -> torch.nn.Module:
+    """The x0-predicting network that maps x at each timestep of `walk` to the end of the teacher's DDIM walk from
+    there (the consistency function of the teacher's discrete walk)."""
+    ddim, teacher = sampler_from_yaml("ddim"), objective_denoiser(objective, schedule, MIXTURE)
+    rest = {t: walk[i:] for i, t in enumerate(walk[:-1])}
+
+    def network(x, time):  # DDPM's x0 objective: the time input is the timestep, the output is x0
+        out = torch.zeros_like(x, dtype=torch.float64)
+        for t in time.unique().tolist():
+            m = time == t
+            out[m] = ddim(teacher, schedule, x[m].double(), rest[t])
+        return out
+
+    return Wrapped(network)
+
+
+def w1_to(data, images) -> float:
+    """W1 between 1-D images (n,1,1,1) and `data` (sorted images against data's quantiles at (i + 1/2)/n)."""
+    n = images.numel()
+    p = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    return (images.flatten().double().sort().values - data.quantile(p)).abs().mean().item()
+
+
+def test_the_walks_consistency_function_has_zero_loss_and_samples_as_well_as_its_teacher_in_fewer_steps():
+    """With an exact teacher (a Gaussian mixture's x0 network) walking 8 DDIM steps: the network that maps each point
+    to its walk's end has zero loss, and the teacher as its own consistency function a clearly positive one. Walked
+    with DDIM in 1 step it gives the teacher's 8-step images exactly; in 2 and 4 steps (every 4th, 2nd timestep) its
+    re-noised points leave the teacher's trajectories, and the images are no farther from the data than the teacher's
+    8-step images and less than half as far as the teacher's own 2- and 4-step walks."""
+    schedule, objective = linear(), DDPM(prediction="x0")
+    walk = schedule.timesteps(8, "trailing")
+    teacher, student = teacher_as_module(objective, schedule), oracle_consistency(objective, schedule, walk)
+    loss = ConsistencyLoss(teacher, walk, clip_x0=False)
+    x0 = MIXTURE.quantile(torch.rand(512, generator=torch.Generator().manual_seed(0))).view(-1, 1, 1, 1).float()
+    at_zero = loss(student, objective, schedule, x0, torch.Generator().manual_seed(1))
+    as_own_student = loss(teacher, objective, schedule, x0, torch.Generator().manual_seed(1))
+    assert as_own_student > 1e-2 and at_zero < 1e-4 * as_own_student, (at_zero, as_own_student)
+    ddim, exact = sampler_from_yaml("ddim"), objective_denoiser(objective, schedule, MIXTURE)
+    x_T = torch.randn(2000, 1, 1, 1, generator=torch.Generator().manual_seed(2))
+    teacher_images = ddim(exact, schedule, x_T.double(), walk)
+    model = DiffusionModel(student, objective, schedule, (1, 1, 1))
+    one_step = ddim(ModelDenoiser(model), schedule, x_T, walk[::8])
+    torch.testing.assert_close(one_step.double(), teacher_images, atol=2e-5, rtol=1e-5)
+    for k in (2, 4):
+        images = ddim(ModelDenoiser(model), schedule, x_T, walk[::8 // k])
+        own_walk = ddim(exact, schedule, x_T.double(), walk[::8 // k])
+        assert w1_to(MIXTURE, images) <= w1_to(MIXTURE, teacher_images) < 0.5 * w1_to(MIXTURE, own_walk), k
+
+
+def test_pseudo_huber_is_zero_at_equal_images_and_near_the_l2_norm_far_from_them():
+    a = torch.zeros(3, 1, 28, 28)
+    b = a.clone()
+    b[1] += 0.5  # ||a - b|| = 14
+    d = pseudo_huber(a, b)
+    assert d[0].abs() < 1e-6 and d[2].abs() < 1e-6 and abs(d[1].item() - (14.0 - 0.00054 * 28)) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def consistency_run(tmp_path_factory, data_root):
+    cwd = tmp_path_factory.mktemp("consistency")
+    run_cli("train", *TINY_TRAIN, "hydra.run.dir=teacher", cwd=cwd)
+    run_cli("distill", "ckpt=teacher", "method=consistency", *DISTILL, "hydra.run.dir=c", cwd=cwd)
+    return cwd
+
+
+def test_one_consistency_student_walks_every_step_count_it_records(consistency_run, tmp_path):
+    walk = linear().timesteps(4, "trailing")
+    folder = consistency_run / "c" / "consistency"
+    record = metadata_config(load_checkpoint(folder)[1])["distill"]
+    assert (record["method"], record["steps"], record["timesteps"], record["walks"]) == \
+        ("consistency", 4, walk, [1, 2, 4])
+    assert json.loads((folder / "student.json").read_text())["seconds"] > 0
+    assert not list((consistency_run / "c").glob("steps_*"))  # one student, not one per step count
+    for k in (1, 2, 4):
+        cli_in_process("sample", f"ckpt={folder}", f"steps={k}", "n=3", f"hydra.run.dir=s{k}", cwd=tmp_path)
+        sampled = json.loads((tmp_path / f"s{k}" / "sampling.json").read_text())
+        assert (sampled["sampler"], sampled["spacing"], sampled["timesteps"], sampled["nfe_per_image"]) == \
+            ("ddim", "distilled", walk[::4 // k], k)
+    proc = cli_in_process("sample", f"ckpt={folder}", "steps=3", "n=2", "hydra.run.dir=s3", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "is a student distilled for 1, 2, 4 steps (consistency distillation)" in \
+        proc.stderr and "pass steps=1 or steps=2 or steps=4" in proc.stderr
+    assert not (tmp_path / "s3" / "samples.npz").exists()
+
+
+def test_distill_refuses_an_unknown_method(consistency_run):
+    proc = cli_in_process("distill", "ckpt=teacher", "method=magic", "hydra.run.dir=refused", cwd=consistency_run,
+                          check=False)
+    assert proc.returncode == 2 and "method='magic' is not a distillation method; allowed: progressive, consistency" \
+        in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
