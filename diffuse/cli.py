@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 SUBCOMMANDS = {"train": "train a model (conf/train.yaml)", "sample": "draw images from a checkpoint (conf/sample.yaml)",
                "eval": "score a checkpoint's samples or image files: FID, KID, precision/recall (conf/eval.yaml)",
                "tune-steps": "search a checkpoint's few-step timesteps; writes walk.json (conf/tune-steps.yaml)",
-               "distill": "distil a checkpoint into students of 1-N steps, progressively (conf/distill.yaml)",
+               "distill": "distil a checkpoint into a student of 1-N steps (conf/distill.yaml)",
                "interpolate": "walk between noises, or real images through DDIM inversion (conf/interpolate.yaml)",
                "report": "tables and a plot from a folder of eval runs (e.g. an eval multirun)"}
 USAGE = ("usage: diffuse {train,sample,eval,tune-steps,distill,interpolate} [KEY=VALUE ...] [-m] [--help] [--cfg job]\n"
@@ -21,7 +21,7 @@ USAGE = ("usage: diffuse {train,sample,eval,tune-steps,distill,interpolate} [KEY
          "  diffuse train -m schedule=linear,cosine train.steps=20\n"
          "  diffuse eval ckpt=outputs/train/<date>/<time> n=10000\n"
          "  diffuse tune-steps ckpt=<run> nfe=10 && diffuse sample ckpt=<run> schedule_file=<its walk.json> steps=<k>\n"
-         "  diffuse distill ckpt=<run> student_steps=1 && diffuse sample ckpt=<its folder>/steps_2 steps=2\n"
+         "  diffuse distill ckpt=<run> && diffuse sample ckpt=<its folder>/consistency steps=2\n"
          "  diffuse interpolate ckpt=<run> images=<two or more images>.npz steps=50\n"
          "  diffuse eval -m ckpt=<run> sampler=ddim,dpmpp_2m steps=5,10,20,50 && diffuse report outputs/eval-multirun/<...>\n\n"
          "`diffuse SUBCOMMAND --help` lists the config groups and their options.")

@@ -92,7 +92,7 @@ def test_a_walk_that_cannot_be_halved_is_refused(walk):
 
 
 DISTILL = ("teacher_steps=4", "student_steps=1", "train.steps=3", "train.max_minutes=0", "train.batch_size=8",
-           "train.precision=fp32", "train.lr_decay=none", "train.ckpt_every=1", "train.log_every=1")
+           "train.precision=fp32", "train.lr_decay=none", "train.ckpt_every=1", "train.log_every=1", "method=progressive")
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,9 @@ def test_a_student_refuses_other_step_counts_and_samplers(distilled, tmp_path, a
     (("ckpt=teacher", "student_steps=3"), "teacher_steps must be student_steps times a power of 2"),
     (("ckpt=teacher", "spacing=sideways"), "spacing='sideways' is not a spacing; allowed:"),
     (("ckpt=d/steps_2",), "is itself a distilled student; distil its teacher"),
-    (("ckpt=teacher", "teacher_steps=8", "resume=d"), "resume=d: that distillation was made with teacher_steps=4"),
+    (("ckpt=teacher", "teacher_steps=8", "method=progressive", "resume=d"),
+     "resume=d: that distillation was made with teacher_steps=4"),
+    (("ckpt=teacher", "resume=d"), "resume=d: that distillation was made with method='progressive'"),
     (("ckpt=teacher", "resume=teacher"), "resume=teacher: not a diffuse distill folder"),
     ((), "ckpt is required"),
 ])
