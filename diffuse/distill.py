@@ -30,6 +30,7 @@ from diffuse.schedule import SPACINGS
 from diffuse.train import TrainOptions, train
 from diffuse.train_state import read_resume
 from diffuse.validate import seed as check_seed
+from diffuse.walk_file import every
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +154,6 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
     return DistillJob(world, teacher, teacher_ts, data, dataset_builder(node, {"train": data}), optimizer, device,
                       out_dir, seed, record, manifest, Path(str(config["cache_dir"])).expanduser(),
                       " ".join(["diffuse distill", f"resume={out_dir.resolve()}", *keep]))
-
-
-def every(ts: list[float], k: int) -> list[float]:
-    """The k-step walk inside an N-step walk ts (N+1 timesteps, ending at -1): every (N/k)-th timestep."""
-    return ts[::(len(ts) - 1) // k]
 
 
 def train_student(job: DistillJob, opts: DistillOptions, k: int, folder: Path, record: dict, loss,

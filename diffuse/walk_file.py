@@ -74,6 +74,11 @@ def checked_timesteps(ts: list, steps: int, T: int, where: str) -> list[float]:
     return [float(t) for t in ts]
 
 
+def every(ts: list[float], k: int) -> list[float]:
+    """The k-step walk inside an N-step walk ts (N+1 timesteps, ending at -1): every (N/k)-th timestep."""
+    return ts[::(len(ts) - 1) // k]
+
+
 def student_walk(loaded: LoadedModel, steps: int, sampler_named: bool, schedule_file) -> tuple[float, ...] | None:
     """The walk of a student from `diffuse distill` (its checkpoint's `distill` record): DDIM at every (N/k)-th of
     the N timesteps it was distilled on, for k = steps=, one of the step counts it records (`walks`; a progressive
@@ -96,4 +101,4 @@ def student_walk(loaded: LoadedModel, steps: int, sampler_named: bool, schedule_
     if sampler_named or schedule_file is not None:
         raise DiffuseError(f"{where} is a distilled student: it walks DDIM at the timesteps it was distilled for; "
                            f"leave out {'sampler' if sampler_named else 'schedule_file'}")
-    return tuple(ts[::n // steps])
+    return tuple(every(list(ts), steps))
