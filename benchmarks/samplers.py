@@ -17,8 +17,8 @@ N(0, 1)'s quantiles walked, against the mixture's). Writes benchmarks/results/sp
 
 the same sweep at every NFE from 5 to 50 (n=1000 quantiles), and for each sampler and schedule how far its default
 spacing lands from the best spacing at its worst NFE, beside the fewest-piece rule the sweep supports (an
-`auto_spacing` table for the sampler's YAML). None ships: these choices lose on MNIST (benchmarks/RESULTS.md,
-"Spacings: the mixture against MNIST"). Writes benchmarks/results/auto_spacing.{json,md}.
+`auto_spacing` table). The shipped tables come from benchmarks/defaults.py (digits, not this 1-D mixture, whose
+choices lose on MNIST: benchmarks/RESULTS.md). Writes benchmarks/results/auto_spacing.{json,md}.
 
     python benchmarks/samplers.py --objectives [--nfe 5,10,20]
 
@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from exact import GaussianMixture, objective_denoiser, ode_w1  # noqa: E402
+from exact import GaussianMixture, objective_denoiser, ode_w1, steps_for_nfe  # noqa: E402
 
 from diffuse import DiffuseError  # noqa: E402
 from diffuse.schedules.linear import linear  # noqa: E402
@@ -57,12 +57,6 @@ def build_sampler(name: str):
 
     with initialize_config_module(config_module="diffuse.conf", version_base="1.3"):
         return sampler(compose(config_name="sample", overrides=[f"sampler={name}"]).sampler)
-
-
-def steps_for_nfe(sampler, schedule, nfe: int) -> int | None:
-    """The most steps whose model evaluations (as the sampler declares them) do not exceed `nfe`."""
-    fits = [s for s in range(1, schedule.T + 1) if sampler.facts.evaluations(s) <= nfe]
-    return max(fits) if fits else None
 
 
 def wasserstein_1d(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -149,26 +143,26 @@ TOLERANCE, SLACK = 1.1, 2e-4  # a spacing within 10% (or 2e-4) of the best count
 PREFERRED = ("trailing", "time_quadratic", "logsnr", "leading", "linspace", "karras")  # among equals, the first
 
 
-def fitted_rule(rows: list[dict]) -> list:
+def fitted_rule(rows: list[dict], key: str = "mixture_w1", slack: float = SLACK, preferred: tuple = PREFERRED) -> list:
     """The rule with the fewest pieces whose spacing is within TOLERANCE of the best at every NFE of `rows` (one
     sampler on one schedule): greedy over increasing steps, each piece as long as one spacing serves all of it."""
     good: dict[int, set] = {}
     for nfe in {r["nfe"] for r in rows}:
-        at = {r["spacing"]: r["mixture_w1"] for r in rows if r["nfe"] == nfe and r["mixture_w1"] != "refused"}
+        at = {r["spacing"]: r[key] for r in rows if r["nfe"] == nfe and r[key] != "refused"}
         steps = next(r["steps"] for r in rows if r["nfe"] == nfe)
-        good[steps] = good.get(steps, set(PREFERRED)) & {s for s, w in at.items() if w <= TOLERANCE * min(at.values()) + SLACK}
+        good[steps] = good.get(steps, set(preferred)) & {s for s, w in at.items() if w <= TOLERANCE * min(at.values()) + slack}
     rule, serving = [], None
     for steps in sorted(good):
         if serving is not None and serving & good[steps]:
             serving &= good[steps]
             continue
         if serving is not None:
-            rule += [min(serving, key=PREFERRED.index), steps]
+            rule += [min(serving, key=preferred.index), steps]
         serving = set(good[steps])
-    return rule + [min(serving, key=PREFERRED.index)]
+    return rule + [min(serving, key=preferred.index)]
 
 
-def auto_report(rows: list[dict]) -> list[str]:
+def auto_report(rows: list[dict], key: str = "mixture_w1", slack: float = SLACK, preferred: tuple = PREFERRED) -> list[str]:
     """Per schedule x sampler: how far the default spacing is from the best spacing at its worst NFE, and the
     fewest-piece rule the sweep supports (an auto_spacing entry)."""
     lines = ["| schedule | sampler | the default's worst ratio to the best (NFE) | fitted rule |", "|---|---|---|---|"]
@@ -176,11 +170,11 @@ def auto_report(rows: list[dict]) -> list[str]:
         mine = [r for r in rows if r["schedule"] == schedule and r["sampler"] == sampler]
         worst = (0.0, None)
         for nfe in sorted({r["nfe"] for r in mine}):
-            at = {r["spacing"]: r for r in mine if r["nfe"] == nfe and r["mixture_w1"] != "refused"}
-            best = min(r["mixture_w1"] for r in at.values())
-            default = next((r["mixture_w1"] for r in at.values() if r["default"]), float("inf"))  # inf: refused
+            at = {r["spacing"]: r for r in mine if r["nfe"] == nfe and r[key] != "refused"}
+            best = min(r[key] for r in at.values())
+            default = next((r[key] for r in at.values() if r["default"]), float("inf"))  # inf: refused
             worst = max(worst, (default / best, nfe), key=lambda v: v[0])
-        lines.append(f"| {schedule} | {sampler} | {worst[0]:.3f} ({worst[1]}) | {fitted_rule(mine)} |")
+        lines.append(f"| {schedule} | {sampler} | {worst[0]:.3f} ({worst[1]}) | {fitted_rule(mine, key, slack, preferred)} |")
     return lines
 
 

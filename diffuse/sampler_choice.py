@@ -34,16 +34,18 @@ def checked_sampler(node, schedule: Schedule, steps: int, walk: tuple[float, ...
         sampler.check(schedule, steps)
     except InfiniteStart as e:
         folder = Path(conf.__file__).parent / "sampler"
-        able = [way for way in (serves(p, schedule, steps) for p in sorted(folder.glob("*.yaml"))) if way]
+        able = [way for way in (serves(p, schedule, steps, sampler.name) for p in sorted(folder.glob("*.yaml"))) if way]
         raise DiffuseError(f"{e}; use {', '.join(able)}") from None
     return sampler
 
 
-def serves(path: Path, schedule: Schedule, steps: int) -> str | None:
-    """How the sampler YAML at `path` can walk `schedule`: its name (with its defaults), its name with
-    spacing=trailing (when only its default spacing refuses), or None."""
+def serves(path: Path, schedule: Schedule, steps: int, refused: str = "") -> str | None:
+    """How the sampler YAML at `path` can walk `schedule`: its name (with its defaults; for the `refused` sampler
+    itself, its default spacing named), its name with spacing=trailing (when only its default spacing refuses), or
+    None."""
     sampler = nodes.sampler(OmegaConf.load(path))
-    for spacing, name in ((sampler.spacing, path.stem), ("trailing", f"{path.stem} (spacing=trailing)")):
+    own = f"{path.stem} (spacing={sampler.spacing})" if path.stem == refused else path.stem
+    for spacing, name in ((sampler.spacing, own), ("trailing", f"{path.stem} (spacing=trailing)")):
         try:
             replace(sampler, spacing=spacing).check(schedule, steps)
             return name

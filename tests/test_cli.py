@@ -160,8 +160,7 @@ def _bad(tmp_path, *args, env=None):
     (("train", "sampler.spacing=uniform"), "unknown timestep spacing 'uniform'"),
     (("train", "schedule.zero_terminal_snr=true"), "zero terminal SNR needs objective=v"),
     (("train", "sampler=heun", "sampler.spacing=trailing", "schedule.zero_terminal_snr=true", "objective=v"),
-     "infinite at zero terminal SNR, where this walk starts; use ddim, ddpm, dpmpp_2m, dpmpp_3m (spacing=trailing), euler "
-     "(spacing=trailing)"),
+     "infinite at zero terminal SNR, where this walk starts; use ddim, ddpm, dpmpp_2m, dpmpp_3m, euler, euler_ancestral"),
     (("train", "sampler.eta=abc"), "sampler ddim: bad settings (eta must be float, got 'abc')"),
     (("train", "+sampler.foo=1"), "sampler ddim: bad settings (unknown setting 'foo'; allowed: eta)"),
     (("train", "optimizer._target_=torch.optim.SGD"), "optimizer torch.optim.SGD"),
@@ -187,8 +186,8 @@ def _bad(tmp_path, *args, env=None):
                                                            "allowed: none, min_snr"),
     (("train", "objective=flow", "schedule=flow", "sampler=heun", "sampler.spacing=trailing"),
      "sampler heun integrates in sigma = sigma_t / alpha_t, which is infinite at zero terminal SNR, where this walk "
-     "starts; use ddim, ddpm, dpmpp_2m, dpmpp_3m (spacing=trailing), euler (spacing=trailing), euler_ancestral, "
-     "flow_euler, flow_heun, unipc"),
+     "starts; use ddim, ddpm, dpmpp_2m, dpmpp_3m, euler, euler_ancestral, flow_euler, flow_heun, heun (spacing=auto), "
+     "ipndm, unipc"),
     (("train", "train.lr_decay=exp"), "train.lr_decay must be one of none, cosine, linear, got 'exp'"),
     (("train", "train.compile_backend=fastest"), "train.compile_backend must be one of "),
 ])

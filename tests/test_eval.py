@@ -14,8 +14,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import TINY_TRAIN, cached, cli_in_process, run_cli
+from conftest import TINY_TRAIN, cached, cli_in_process, run_cli, sampler_from_yaml
 from diffuse import DiffuseError
+from diffuse.checkpoint import load_model
 from diffuse.features.inception import FIDInception
 from diffuse.features.inception_weights import InceptionOptions, inception_extractor
 from diffuse.image_files import read_images
@@ -75,7 +76,9 @@ def test_report_over_an_eval_multirun(trained, eval_cache, tmp_path):
     proc = run_cli("report", str(tmp_path / "sweep"), cwd=tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "report.csv")))
     assert sorted((r["sampler"], int(r["nfe"])) for r in rows) == [("ddim", 2), ("ddim", 4), ("euler", 2), ("euler", 4)]
-    assert {(r["sampler"], r["spacing"]) for r in rows} == {("ddim", "trailing"), ("euler", "karras")}
+    schedule = load_model(trained).model.schedule  # each records the spacing its `auto` table walks there
+    assert {(r["sampler"], r["spacing"]) for r in rows} == {
+        (name, sampler_from_yaml(name).spacing_for(schedule, k)) for name in ("ddim", "euler") for k in (2, 4)}
     assert all(float(r["fid"]) > 0 for r in rows)
     md = (tmp_path / "sweep" / "report.md").read_text()
     assert md.count("\n| ddim") == 2 and "Best fid" in md

@@ -108,17 +108,24 @@ def test_convergence_order_on_the_ode_path_is_the_declared_one(name):
 
 def test_the_best_ten_evaluation_walk_has_at_most_half_the_error_of_dpmpp_2m():
     """On the mixture under DDPM's linear schedule, the most accurate sampler at 10 network evaluations (each with
-    its YAML settings) is at least twice as close to the data as DPM-Solver++(2M), measured free of sampling noise;
-    and more evaluations bring every one of them closer."""
+    the spacing that serves it best there) is at least twice as close to the data as DPM-Solver++(2M) with the
+    spacing it had before, measured free of sampling noise; and more evaluations bring every one of them closer."""
     schedule = linear()
     w1 = {}
     for name in ODE:
-        sampler = sampler_from_yaml(name)
-        steps = max(s for s in range(1, 11) if sampler.facts.evaluations(s) <= 10)
-        w1[name] = ode_w1(sampler, schedule, steps, MIXTURE)
-        assert ode_w1(sampler, schedule, 4 * steps, MIXTURE) < w1[name], name
+        mine = {}
+        for spacing in SPACINGS:
+            sampler = sampler_from_yaml(name, spacing=spacing)
+            steps = max(s for s in range(1, 11) if sampler.facts.evaluations(s) <= 10)
+            try:
+                mine[spacing] = ode_w1(sampler, schedule, steps, MIXTURE)
+            except DiffuseError:
+                continue  # a spacing this sampler cannot take (refused in one line, tested elsewhere)
+        best = min(mine, key=mine.get)
+        w1[name, best] = mine[best]
+        assert ode_w1(sampler_from_yaml(name, spacing=best), schedule, 4 * steps, MIXTURE) < mine[best], (name, best)
     before = ode_w1(sampler_from_yaml("dpmpp_2m", spacing="trailing"), schedule, 10, MIXTURE)  # its setting before
-    assert min(w1.values()) <= 0.5 * before, (w1, before)
+    assert min(w1.values()) <= 0.5 * before, (min(w1, key=w1.get), before)
 
 
 def test_auto_spacing_reads_its_table_by_schedule_and_steps_and_never_picks_what_cannot_start():
