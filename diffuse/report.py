@@ -35,8 +35,10 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
             sampler = record.get("sampler", "samples")
             if settings.get("eta"):
                 sampler += f" eta={settings['eta']}"
-            walked = record.get("spacing")  # a tuned walk, a distilled student's, or the spacing (auto: its setting)
+            walked = record.get("spacing")  # a tuned walk, a distilled student's, or the spacing it walked
             spacing = walked if walked in ("tuned", "distilled") else settings.get("spacing")
+            if spacing == "auto" and walked:  # the default: named, with the spacing its table chose at these steps
+                spacing = f"auto ({walked})"
             if walked == "distilled" and record.get("student"):
                 spacing = f"distilled ({record['student']})"
             rows.append({"sampler": sampler, "spacing": spacing, "steps": record.get("steps"), "nfe": record.get("nfe"),
@@ -82,6 +84,18 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def plot_lines(rows: list[dict], metric: str, x: str) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(sampler, rest of the label) -> its (x, metric) points; the default spacing is one line whatever it chose."""
+    lines: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r in rows:
+        if isinstance(r.get(x), (int, float)) and isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]):
+            spacing = "auto" if str(r.get("spacing")).startswith("auto (") else r.get("spacing")
+            rest = f"({spacing})" if spacing else ""
+            rest += f", {r['steps']} steps" if x != "nfe" and r.get("steps") is not None else ""
+            lines.setdefault((r["sampler"], rest), []).append((r[x], r[metric]))
+    return lines
+
+
 def plot(rows: list[dict], path: Path, metric: str, x: str = "nfe") -> bool:
     """`metric` against `x` (NFE on a log axis, strength, start_rmse), one line per sampler and spacing (and step
     count, off the NFE axis); the floor as a dashed line. False if nothing to plot."""
@@ -90,12 +104,7 @@ def plot(rows: list[dict], path: Path, metric: str, x: str = "nfe") -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (sampler, rest of the label) -> points
-    for r in rows:
-        if isinstance(r.get(x), (int, float)) and isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]):
-            rest = f"({r['spacing']})" if r.get("spacing") else ""
-            rest += f", {r['steps']} steps" if x != "nfe" and r.get("steps") is not None else ""
-            lines.setdefault((r["sampler"], rest), []).append((r[x], r[metric]))
+    lines = plot_lines(rows, metric, x)
     if not lines:
         return False
     many = len(lines) > 8  # then the legend goes beside the plot, and each sampler keeps one colour

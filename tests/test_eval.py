@@ -20,6 +20,7 @@ from diffuse.checkpoint import load_model
 from diffuse.features.inception import FIDInception
 from diffuse.features.inception_weights import InceptionOptions, inception_extractor
 from diffuse.image_files import read_images
+from diffuse.report import collect, plot_lines
 
 METRICS = ("fid", "kid", "kid_std", "precision", "recall", "classifier_score", "class_coverage", "class_tv")
 
@@ -77,9 +78,12 @@ def test_report_over_an_eval_multirun(trained, eval_cache, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "report.csv")))
     assert sorted((r["sampler"], int(r["nfe"])) for r in rows) == [("ddim", 2), ("ddim", 4), ("euler", 2), ("euler", 4)]
     schedule = load_model(trained).model.schedule  # each records the spacing its `auto` table walks there
-    assert {(r["sampler"], r["spacing"]) for r in rows} == {
-        (name, sampler_from_yaml(name).spacing_for(schedule, k)) for name in ("ddim", "euler") for k in (2, 4)}
+    walked = {(name, sampler_from_yaml(name).spacing_for(schedule, k)) for name in ("ddim", "euler") for k in (2, 4)}
+    assert {(r["sampler"], r["spacing"]) for r in rows} == {(name, f"auto ({spacing})") for name, spacing in walked}
     assert all(float(r["fid"]) > 0 for r in rows)
+    collected, _ = collect(tmp_path / "sweep")  # the default is one line per sampler, whichever spacing it chose
+    assert {key: len(points) for key, points in plot_lines(collected, "fid", "nfe").items()} == {
+        ("ddim", "(auto)"): 2, ("euler", "(auto)"): 2}
     md = (tmp_path / "sweep" / "report.md").read_text()
     assert md.count("\n| ddim") == 2 and "Best fid" in md
     with Image.open(tmp_path / "sweep" / "report_fid.png") as im:
@@ -92,7 +96,8 @@ def test_report_over_an_eval_multirun(trained, eval_cache, tmp_path):
 def test_sample_draws_a_trajectory_strip(trained, tmp_path):
     run_cli("sample", f"ckpt={trained}", "n=3", "steps=12", "trajectory=true", "hydra.run.dir=t", cwd=tmp_path)
     shown = json.loads((tmp_path / "t" / "trajectory.json").read_text())["timesteps"]
-    assert len(shown) == 10 and shown[0] == 999 and shown == sorted(shown, reverse=True)
+    first = sampler_from_yaml("ddim").timesteps(load_model(trained).model.schedule, 12)[0]  # its default walk's
+    assert len(shown) == 10 and shown[0] == first and shown == sorted(shown, reverse=True)
     with Image.open(tmp_path / "t" / "trajectory.png") as im:
         w, h = im.size
     assert (w, h) == (2 + 10 * 30, 2 + 6 * 30)  # 10 columns; x_t and x0 rows for 3 images (28 px + 2 padding)
