@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from diffuse.objectives import Objective
-from diffuse.progressive import ddim_step, predict, scales, walk_draws
+from diffuse.progressive import TEACHER_STEPS, predict, scales, walk_draws
 from diffuse.schedule import Schedule
 
 
@@ -24,8 +24,9 @@ class ConsistencyLoss:
     """The consistency loss over the teacher's walk `teacher_ts` (N timesteps, then -1). Called as the training loop
     calls `diffuse.loss.diffusion_loss`; `clip_x0` clamps the teacher's x0 and the target as sampling does."""
 
-    def __init__(self, teacher: nn.Module, teacher_ts: list[float], clip_x0: bool = True):
+    def __init__(self, teacher: nn.Module, teacher_ts: list[float], clip_x0: bool = True, solver: str = "ddim"):
         self.teacher, self.clip_x0 = teacher.eval().requires_grad_(False), clip_x0
+        self.step = TEACHER_STEPS[solver]  # the teacher's step along its walk: ddim | heun
         self.ts = torch.tensor(teacher_ts, dtype=torch.float64)  # (N+1,) ending at -1
 
     def __call__(self, network: nn.Module, objective: Objective, schedule: Schedule, x0: Tensor,
@@ -33,6 +34,7 @@ class ConsistencyLoss:
                  null_label: int | None = None, part: slice = slice(None)) -> Tensor:
         """x_t at walk step i (uniform); one teacher DDIM step gives x_t' at step i+1; the target is the student's own
         x0 there (no gradient), or x_t' itself when t' = -1 (the teacher's x0); distance: pseudo-Huber, weight 1.
+        The teacher steps with `solver`: ddim (one evaluation) or heun (two, second order).
         The draws (step, noise, label dropout, in that order) cover the whole batch, as in diffusion_loss."""
         device, steps = x0.device, len(self.ts) - 1
         i, x0, eps, labels = walk_draws(steps, x0, generator, labels, drop_prob, null_label, part)
@@ -40,7 +42,7 @@ class ConsistencyLoss:
         alpha, sigma = scales(schedule, t, device)
         x_t = alpha * x0 + sigma * eps  # (b,C,H,W)
         with torch.no_grad():
-            x_next = ddim_step(self.teacher, objective, schedule, x_t, t, t_next, labels, self.clip_x0)
+            x_next = self.step(self.teacher, objective, schedule, x_t, t, t_next, labels, self.clip_x0)
             end = (t_next < 0).view(-1, 1, 1, 1).to(device)  # the walk's last step: x_next is the teacher's x0
             t_own = torch.where(t_next < 0, self.ts[steps - 1], t_next)  # any valid timestep where end (unused there)
             own = predict(network, objective, schedule, x_next, t_own, labels)[1]

@@ -23,7 +23,7 @@ from diffuse.consistency import ConsistencyLoss
 from diffuse.data import ImageData
 from diffuse.denoiser import DiffusionModel
 from diffuse.features.cache import sha256
-from diffuse.progressive import ProgressiveLoss, halve
+from diffuse.progressive import TEACHER_STEPS, ProgressiveLoss, halve
 from diffuse.run import Context, TrainJob, dataset_builder
 from diffuse.sampler_choice import checked_sampler
 from diffuse.schedule import SPACINGS
@@ -48,6 +48,7 @@ class DistillOptions:
     teacher_steps: int  # the teacher's DDIM walk that the first round halves
     student_steps: int  # the last round's student; each round halves the steps
     spacing: str  # the spacing of the teacher's walk
+    teacher_solver: str  # the teacher's step along its walk: ddim | heun (second order, two evaluations)
     clip_x0: bool  # clamp the teacher's x0 to [-1, 1] in its steps, as its sampling does
     train: TrainOptions
 
@@ -61,6 +62,9 @@ class DistillOptions:
                                f"got teacher_steps={self.teacher_steps} and student_steps={self.student_steps}")
         if self.spacing not in SPACINGS:
             raise DiffuseError(f"spacing={self.spacing!r} is not a spacing; allowed: {', '.join(SPACINGS)}")
+        if self.teacher_solver not in TEACHER_STEPS:
+            raise DiffuseError(f"teacher_solver={self.teacher_solver!r} is not a teacher's solver; allowed: "
+                               f"{', '.join(TEACHER_STEPS)}")
 
     @property
     def rounds(self) -> int:
@@ -198,11 +202,12 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
     first = {"first_teacher": job.manifest["teacher"], "first_teacher_sha256": job.manifest["teacher_sha256"]}
     if opts.method == "consistency":
         record = {"method": "consistency", "teacher": teacher_path, "teacher_steps": opts.teacher_steps,
-                  "steps": opts.teacher_steps, "timesteps": ts, "walks": opts.walks, "round": 1, "rounds": 1, **first}
+                  "steps": opts.teacher_steps, "timesteps": ts, "walks": opts.walks, "round": 1, "rounds": 1,
+                  "teacher_solver": opts.teacher_solver, **first}
         log.info("consistency distillation of %s over its %d-step walk: a student of %s steps", teacher_path,
                  opts.teacher_steps, ", ".join(map(str, opts.walks)))
         last = train_student(job, opts, 1, job.out_dir / "consistency", record,
-                             ConsistencyLoss(teacher, ts, opts.clip_x0), opts.train)
+                             ConsistencyLoss(teacher, ts, opts.clip_x0, opts.teacher_solver), opts.train)
         log.info("distilled in %.1f s: consistency/", time.perf_counter() - began)
         return last
     per_round = replace(opts.train, max_minutes=opts.train.max_minutes / opts.rounds)
@@ -210,10 +215,12 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
         student_ts = halve(ts)
         n = len(student_ts) - 1
         record = {"method": "progressive", "teacher": teacher_path, "teacher_steps": 2 * n, "steps": n,
-                  "timesteps": student_ts, "walks": [n], "round": k, "rounds": opts.rounds, **first}
+                  "timesteps": student_ts, "walks": [n], "round": k, "rounds": opts.rounds,
+                  "teacher_solver": opts.teacher_solver if k == 1 else "ddim", **first}
         log.info("round %d of %d: a %d-step student from %s's %d steps", k, opts.rounds, n, teacher_path, 2 * n)
         last = train_student(job, opts, k, job.out_dir / f"steps_{n}", record,
-                             ProgressiveLoss(teacher, ts, opts.clip_x0), per_round)
+                             ProgressiveLoss(teacher, ts, opts.clip_x0, opts.teacher_solver if k == 1 else "ddim"),
+                             per_round)
         teacher, ts, teacher_path = load_model(last, "ema").model.network.to(job.device), student_ts, str(last)
     log.info("distilled %d round(s) in %.1f s: students %s", opts.rounds, time.perf_counter() - began,
              ", ".join(f"steps_{opts.teacher_steps >> k}" for k in range(1, opts.rounds + 1)))

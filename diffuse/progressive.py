@@ -54,6 +54,26 @@ def ddim_step(network: nn.Module, objective: Objective, schedule: Schedule, x: T
     return alpha_next * x0 + sigma_next * eps
 
 
+def heun_step(network: nn.Module, objective: Objective, schedule: Schedule, x: Tensor, t: Tensor, t_next: Tensor,
+              labels: Tensor | None, clip_x0: bool) -> Tensor:
+    """One step of Heun's method (Karras et al. 2022, Alg. 1) in rho = alpha/sigma, where d(x/sigma) = x0 drho (Lu et
+    al. 2022b's data-prediction ODE, rho = e^lambda) and DDIM is Euler's method: DDIM with the mean of the x0 at both
+    ends, from x (B,C,H,W) at t to t_next (B,). Two evaluations; t_next = -1 (rho infinite) lands on the first x0."""
+    x0 = predict(network, objective, schedule, x, t, labels)[1]
+    x0 = x0.clamp(-1, 1) if clip_x0 else x0
+    (alpha, sigma), (alpha_next, sigma_next) = scales(schedule, t, x.device), scales(schedule, t_next, x.device)
+    ratio = sigma_next / sigma  # (B,1,1,1)
+    euler = ratio * x + (alpha_next - ratio * alpha) * x0  # DDIM's step, as ddim_step takes it
+    last = t_next < 0
+    x0_next = predict(network, objective, schedule, euler, torch.where(last, t, t_next), labels)[1]  # t: unused there
+    x0_next = x0_next.clamp(-1, 1) if clip_x0 else x0_next
+    heun = ratio * x + (alpha_next - ratio * alpha) * (x0 + x0_next) / 2
+    return torch.where(last.view(-1, 1, 1, 1).to(x.device), euler, heun)
+
+
+TEACHER_STEPS = {"ddim": ddim_step, "heun": heun_step}  # the solvers a teacher's walk can take: name -> step
+
+
 def walk_draws(steps: int, x0: Tensor, generator: torch.Generator, labels: Tensor | None, drop_prob: float,
                null_label: int | None, part: slice) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """A distillation loss's draws for x0 (B,C,H,W): a step of the walk (B,) on the CPU, noise, label dropout, in that
@@ -72,8 +92,9 @@ class ProgressiveLoss:
     Called as the training loop calls `diffuse.loss.diffusion_loss`; `clip_x0` clamps the teacher's x0 as its
     sampling does (diffuse sample's default)."""
 
-    def __init__(self, teacher: nn.Module, teacher_ts: list[float], clip_x0: bool = True):
+    def __init__(self, teacher: nn.Module, teacher_ts: list[float], clip_x0: bool = True, solver: str = "ddim"):
         self.teacher, self.clip_x0 = teacher.eval().requires_grad_(False), clip_x0
+        self.step = TEACHER_STEPS[solver]  # the teacher's steps (a student's are DDIM's: it teaches the next round)
         self.teacher_ts = torch.tensor(teacher_ts, dtype=torch.float64)  # (2N+1,)
         self.student_ts = torch.tensor(halve(teacher_ts), dtype=torch.float64)  # (N+1,)
 
@@ -90,8 +111,8 @@ class ProgressiveLoss:
         alpha, sigma = scales(schedule, t, device)
         x_t = alpha * x0 + sigma * eps  # (b,C,H,W)
         with torch.no_grad():
-            x_mid = ddim_step(self.teacher, objective, schedule, x_t, t, t_mid, labels, self.clip_x0)
-            x_next = ddim_step(self.teacher, objective, schedule, x_mid, t_mid, t_next, labels, self.clip_x0)
+            x_mid = self.step(self.teacher, objective, schedule, x_t, t, t_mid, labels, self.clip_x0)
+            x_next = self.step(self.teacher, objective, schedule, x_mid, t_mid, t_next, labels, self.clip_x0)
             alpha_next, sigma_next = scales(schedule, t_next, device)
             ratio = sigma_next / sigma
             target = (x_next - ratio * x_t) / (alpha_next - ratio * alpha)  # (b,C,H,W)

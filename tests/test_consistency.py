@@ -13,7 +13,8 @@ from diffuse.consistency import ConsistencyLoss, pseudo_huber
 from diffuse.denoiser import DiffusionModel, ModelDenoiser
 from diffuse.objectives.ddpm import DDPM
 from diffuse.schedules.linear import linear
-from exact import objective_denoiser
+from diffuse.progressive import TEACHER_STEPS
+from exact import fitted_order, objective_denoiser, ode_answer
 from test_distill import DISTILL, MIXTURE, Wrapped, teacher_as_module
 
 
@@ -64,6 +65,56 @@ def test_the_walks_consistency_function_has_zero_loss_and_samples_as_well_as_its
         images = ddim(ModelDenoiser(model), schedule, x_T, walk[::8 // k])
         own_walk = ddim(exact, schedule, x_T.double(), walk[::8 // k])
         assert w1_to(MIXTURE, images) <= w1_to(MIXTURE, teacher_images) < 0.5 * w1_to(MIXTURE, own_walk), k
+
+
+def test_the_heun_walks_consistency_function_has_zero_loss_only_when_the_teacher_steps_with_heun():
+    """The network that maps each point of an 8-step walk to the end of the exact teacher's Heun walk from there: zero
+    loss when the loss steps the teacher with Heun, a clearly positive one when it steps with DDIM."""
+    schedule, objective = linear(), DDPM(prediction="x0")
+    walk = schedule.timesteps(8, "trailing")
+    teacher, heun = teacher_as_module(objective, schedule), TEACHER_STEPS["heun"]
+    rest = {t: walk[i:] for i, t in enumerate(walk[:-1])}
+
+    def network(x, time):  # DDPM's x0 objective: the time input is the timestep, the output is x0
+        out = torch.zeros_like(x)
+        for t in time.unique().tolist():
+            m, x_m = time == t, x[time == t]
+            for a, b in zip(rest[t], rest[t][1:]):
+                full = torch.full((len(x_m),), 1.0, dtype=torch.float64)
+                x_m = heun(teacher, objective, schedule, x_m, a * full, b * full, None, False)
+            out[m] = x_m
+        return out
+
+    student = Wrapped(network)
+    x0 = MIXTURE.quantile(torch.rand(512, generator=torch.Generator().manual_seed(0))).view(-1, 1, 1, 1).float()
+    losses = {solver: ConsistencyLoss(teacher, walk, False, solver)(student, objective, schedule, x0,
+                                                                    torch.Generator().manual_seed(1))
+              for solver in ("heun", "ddim")}
+    assert losses["ddim"] > 1e-3 and losses["heun"] < 1e-3 * losses["ddim"], losses
+
+
+@pytest.mark.parametrize("solver, order", [("ddim", 1.0), ("heun", 2.0)])
+def test_the_teachers_step_converges_at_its_order(solver, order):
+    """The teacher's walk taken with the step the loss uses, on the mixture's exact x0 network (linear schedule,
+    logSNR-uniform walks of 8 to 64 steps): its RMS distance to the ODE's answer falls as steps^-order, first order
+    for DDIM and second for Heun in rho (within 0.25), and Heun's 16 steps (31 evaluations) beat DDIM's 32. (On
+    trailing walks Heun's measured order is lower, 1.2-1.5 up to 128 steps: their last step to the data is long.)"""
+    schedule, objective = linear(), DDPM(prediction="x0")
+    teacher = teacher_as_module(objective, schedule)
+    x_T = torch.randn(2000, 1, 1, 1, generator=torch.Generator().manual_seed(3))
+    answer = ode_answer(schedule, objective_denoiser(objective, schedule, MIXTURE), x_T.double())
+
+    def walk(step, n):
+        x, ts = x_T, torch.tensor(schedule.timesteps(n, "logsnr"), dtype=torch.float64)
+        for t, t_next in zip(ts, ts[1:]):
+            x = step(teacher, objective, schedule, x, t.expand(2000), t_next.expand(2000), None, False)
+        return (x.double() - answer).pow(2).mean().sqrt().item()
+
+    steps = [8, 16, 32, 64]
+    errors = [walk(TEACHER_STEPS[solver], n) for n in steps]
+    assert abs(fitted_order(steps, errors) - order) < 0.25, errors
+    if solver == "heun":
+        assert errors[1] < walk(TEACHER_STEPS["ddim"], 32), errors
 
 
 def test_pseudo_huber_is_zero_at_equal_images_and_near_the_l2_norm_far_from_them():

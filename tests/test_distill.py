@@ -144,6 +144,7 @@ def test_a_student_refuses_other_step_counts_and_samplers(distilled, tmp_path, a
     (("ckpt=teacher", "teacher_steps=6"), "teacher_steps must be student_steps times a power of 2"),
     (("ckpt=teacher", "student_steps=3"), "teacher_steps must be student_steps times a power of 2"),
     (("ckpt=teacher", "spacing=sideways"), "spacing='sideways' is not a spacing; allowed:"),
+    (("ckpt=teacher", "teacher_solver=rk4"), "teacher_solver='rk4' is not a teacher's solver; allowed: ddim, heun"),
     (("ckpt=d/steps_2",), "is itself a distilled student; distil its teacher"),
     (("ckpt=teacher", "teacher_steps=8", "method=progressive", "resume=d"),
      "resume=d: that distillation was made with teacher_steps=4"),
