@@ -1,5 +1,5 @@
 """Consistency distillation (Song et al. 2023, Alg. 2) of a diffusion teacher: the student's x0 at a timestep of the
-teacher's walk must match its own x0 (stop-gradient, as Song & Dhariwal 2023 train it) one teacher DDIM step later,
+teacher's walk must match its own x0 (stop-gradient, as Song & Dhariwal 2023 train it) one teacher step later,
 and the teacher's x0 at the walk's last step. A student so trained walks DDIM at every (N/k)-th timestep of that
 N-step walk, for each k it records. Pure: no I/O; the caller's generator."""
 
@@ -32,7 +32,7 @@ class ConsistencyLoss:
     def __call__(self, network: nn.Module, objective: Objective, schedule: Schedule, x0: Tensor,
                  generator: torch.Generator, labels: Tensor | None = None, drop_prob: float = 0.0,
                  null_label: int | None = None, part: slice = slice(None)) -> Tensor:
-        """x_t at walk step i (uniform); one teacher DDIM step gives x_t' at step i+1; the target is the student's own
+        """x_t at walk step i (uniform); one teacher step gives x_t' at step i+1; the target is the student's own
         x0 there (no gradient), or x_t' itself when t' = -1 (the teacher's x0); distance: pseudo-Huber, weight 1.
         The teacher steps with `solver`: ddim (one evaluation) or heun (two, second order).
         The draws (step, noise, label dropout, in that order) cover the whole batch, as in diffusion_loss."""
