@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from diffuse.objectives import Objective
-from diffuse.progressive import TEACHER_STEPS, predict, scales, walk_draws
+from diffuse.progressive import TEACHER_STEPS, denoised, predict, scales, walk_draws
 from diffuse.schedule import Schedule
 
 
@@ -45,9 +45,7 @@ class ConsistencyLoss:
             x_next = self.step(self.teacher, objective, schedule, x_t, t, t_next, labels, self.clip_x0)
             end = (t_next < 0).view(-1, 1, 1, 1).to(device)  # the walk's last step: x_next is the teacher's x0
             t_own = torch.where(t_next < 0, self.ts[steps - 1], t_next)  # any valid timestep where end (unused there)
-            own = predict(network, objective, schedule, x_next, t_own, labels)[1]
-            if self.clip_x0:
-                own = own.clamp(-1, 1)
+            own = denoised(network, objective, schedule, x_next, t_own, labels, self.clip_x0)
             target = torch.where(end, x_next, own)  # (b,C,H,W)
         x0_student = predict(network, objective, schedule, x_t, t, labels)[1]
         return pseudo_huber(x0_student, target).mean()

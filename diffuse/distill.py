@@ -35,6 +35,7 @@ from diffuse.walk_file import every
 log = logging.getLogger(__name__)
 
 MANIFEST, STUDENT, FORMAT = "distill.json", "student.json", "diffuse-distill/1"
+IMPLIED = {"teacher_solver": "ddim"}  # settings distill.json gained later: what a folder written before meant
 METHODS = ("progressive", "consistency")
 
 
@@ -146,7 +147,7 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
                 "seed": seed, "teacher_sha256": sha256(teacher.path), "teacher_weights": teacher.weights,
                 "teacher": str(teacher.path), "teacher_timesteps": teacher_ts}
     if given is not None and (out_dir / MANIFEST).is_file():  # the same distillation, or none
-        before = json.loads((out_dir / MANIFEST).read_text())
+        before = {**IMPLIED, **json.loads((out_dir / MANIFEST).read_text())}
         changed = [k for k in manifest if k != "teacher" and before.get(k) != manifest[k]]
         if changed:
             key = changed[0]

@@ -41,34 +41,44 @@ def scales(schedule: Schedule, t: Tensor, device: torch.device) -> tuple[Tensor,
     return abar.sqrt().float().to(device), (1 - abar).sqrt().float().to(device)
 
 
+def ddim_from_x0(schedule: Schedule, x: Tensor, x0: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+    """DDIM's update (Song et al. 2021, eq. 12 at eta = 0) from x (B,C,H,W) at t to t_next (B,) for a given x0:
+    x_next = (sigma_next/sigma) x + (alpha_next - (sigma_next/sigma) alpha) x0; t_next = -1 lands on x0."""
+    (alpha, sigma), (alpha_next, sigma_next) = scales(schedule, t, x.device), scales(schedule, t_next, x.device)
+    ratio = sigma_next / sigma  # (B,1,1,1)
+    return ratio * x + (alpha_next - ratio * alpha) * x0
+
+
+def denoised(network: nn.Module, objective: Objective, schedule: Schedule, x: Tensor, t: Tensor,
+             labels: Tensor | None, clip_x0: bool) -> Tensor:
+    """The network's x0 for x (B,C,H,W) at t (B,), clamped to [-1, 1] when `clip_x0`, as the sampling denoiser does."""
+    x0 = predict(network, objective, schedule, x, t, labels)[1]
+    return x0.clamp(-1, 1) if clip_x0 else x0
+
+
 def ddim_step(network: nn.Module, objective: Objective, schedule: Schedule, x: Tensor, t: Tensor, t_next: Tensor,
               labels: Tensor | None, clip_x0: bool) -> Tensor:
     """One deterministic DDIM step (Song et al. 2021, eq. 12 at eta = 0) of `network` from x (B,C,H,W) at t to t_next
     (B,); t_next = -1 lands on its x0. `clip_x0` clamps x0 to [-1, 1] as the sampling denoiser does."""
-    eps, x0 = predict(network, objective, schedule, x, t, labels)
-    alpha, sigma = scales(schedule, t, x.device)
-    if clip_x0:
-        x0 = x0.clamp(-1, 1)
-        eps = (x - alpha * x0) / sigma  # (eps, x0) consistent with x, as the sampling denoiser keeps them
-    alpha_next, sigma_next = scales(schedule, t_next, x.device)
-    return alpha_next * x0 + sigma_next * eps
+    return ddim_from_x0(schedule, x, denoised(network, objective, schedule, x, t, labels, clip_x0), t, t_next)
 
 
 def heun_step(network: nn.Module, objective: Objective, schedule: Schedule, x: Tensor, t: Tensor, t_next: Tensor,
               labels: Tensor | None, clip_x0: bool) -> Tensor:
     """One step of Heun's method (Karras et al. 2022, Alg. 1) in rho = alpha/sigma, where d(x/sigma) = x0 drho (Lu et
     al. 2022b's data-prediction ODE, rho = e^lambda) and DDIM is Euler's method: DDIM with the mean of the x0 at both
-    ends, from x (B,C,H,W) at t to t_next (B,). Two evaluations; t_next = -1 (rho infinite) lands on the first x0."""
-    x0 = predict(network, objective, schedule, x, t, labels)[1]
-    x0 = x0.clamp(-1, 1) if clip_x0 else x0
-    (alpha, sigma), (alpha_next, sigma_next) = scales(schedule, t, x.device), scales(schedule, t_next, x.device)
-    ratio = sigma_next / sigma  # (B,1,1,1)
-    euler = ratio * x + (alpha_next - ratio * alpha) * x0  # DDIM's step, as ddim_step takes it
-    last = t_next < 0
-    x0_next = predict(network, objective, schedule, euler, torch.where(last, t, t_next), labels)[1]  # t: unused there
-    x0_next = x0_next.clamp(-1, 1) if clip_x0 else x0_next
-    heun = ratio * x + (alpha_next - ratio * alpha) * (x0 + x0_next) / 2
-    return torch.where(last.view(-1, 1, 1, 1).to(x.device), euler, heun)
+    ends, from x (B,C,H,W) at t to t_next (B,). Two evaluations; t_next = -1 (rho infinite) lands on the first x0,
+    and its examples take one."""
+    x0 = denoised(network, objective, schedule, x, t, labels, clip_x0)
+    x_next = ddim_from_x0(schedule, x, x0, t, t_next)  # Euler's step; the answer where t_next = -1
+    more = (t_next >= 0).nonzero().flatten()  # the examples whose step ends at noise: the second evaluation's
+    if len(more):
+        pick = more.to(x.device)
+        lab = None if labels is None else labels[pick]
+        x0_next = denoised(network, objective, schedule, x_next[pick], t_next[more], lab, clip_x0)
+        x0_mean = (x0[pick] + x0_next) / 2
+        x_next = x_next.index_copy(0, pick, ddim_from_x0(schedule, x[pick], x0_mean, t[more], t_next[more]))
+    return x_next
 
 
 TEACHER_STEPS = {"ddim": ddim_step, "heun": heun_step}  # the solvers a teacher's walk can take: name -> step

@@ -4,6 +4,7 @@ a signal and an exact resume, and its refusals."""
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,6 +157,23 @@ def test_distill_refuses_bad_input_in_one_line(distilled, args, expected):
     proc = cli_in_process("distill", *args, "train.steps=1", "hydra.run.dir=refused", cwd=distilled, check=False)
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (distilled / "refused" / "distill.json").exists()
+
+
+def test_a_folder_written_before_teacher_solver_resumes_as_ddim(distilled, tmp_path):
+    """distill.json gained teacher_solver later: a folder without it was walked with DDIM, so resuming it with the
+    default goes on (its students are done: nothing to run), and with teacher_solver=heun is refused."""
+    shutil.copytree(distilled / "d", tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / "distill.json").read_text())
+    del manifest["teacher_solver"]
+    (tmp_path / "old" / "distill.json").write_text(json.dumps(manifest))
+    args = (f"ckpt={distilled / 'teacher'}", *DISTILL, f"resume={tmp_path / 'old'}")
+    proc = cli_in_process("distill", *args, "teacher_solver=heun", "hydra.run.dir=r", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "that distillation was made with teacher_solver='ddim'" in proc.stderr, proc.stderr
+    before = {n: load_checkpoint(tmp_path / "old" / f"steps_{n}")[0] for n in (2, 1)}
+    cli_in_process("distill", *args, "hydra.run.dir=r", cwd=tmp_path)
+    for n in (2, 1):
+        after = load_checkpoint(tmp_path / "old" / f"steps_{n}")[0]
+        assert all(torch.equal(before[n][key], after[key]) for key in after)
 
 
 def test_a_signal_stops_a_round_and_resume_continues_it_exactly(distilled, tmp_path):
