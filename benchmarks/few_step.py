@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--tune", default="", help="SAMPLER:NFE,... walks to tune and score")
     ap.add_argument("--walks", default="", help="walk.json files tuned earlier, to score")
     ap.add_argument("--students", default="", help="diffuse distill folders whose students to score")
+    ap.add_argument("--student-steps", default="1,2,4,8", help="the step counts to score each student at (those it walks)")
     ap.add_argument("--converged", default="dpmpp_2m:50", help="SAMPLER:STEPS,..., the reference FIDs")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=500)
@@ -124,10 +125,11 @@ def main() -> None:
             args.ckpt, [f"schedule_file={path.resolve()}"], [walk["steps"]],
             {"sampler": sampler, "how": f"tuned from {walk['record']['start_spacing']}",
              "tune_wall_s": walk["record"].get("seconds"), "rmse_to_reference": walk["record"]["rmse_to_reference"]})
+    wanted = [int(k) for k in args.student_steps.split(",")]
     for folder in [Path(d) for d in filter(None, args.students.split(","))]:
         for student in sorted(folder.glob("*/student.json")):
             record = json.loads(student.read_text())
-            ks = [k for k in record.get("walks", [record["steps"]]) if k <= 8]
+            ks = [k for k in record.get("walks", [record["steps"]]) if k in wanted]
             groups[f"student_{folder.name}_{student.parent.name}"] = (
                 str(student.parent), [], ks, {"sampler": "ddim", "how": f"{record['method']} student",
                                               "distill_wall_s": record.get("seconds")})

@@ -49,3 +49,20 @@ class ConsistencyLoss:
             target = torch.where(end, x_next, own)  # (b,C,H,W)
         x0_student = predict(network, objective, schedule, x_t, t, labels)[1]
         return pseudo_huber(x0_student, target).mean()
+
+
+class Curriculum:
+    """Losses that take turns over a training run, as improved consistency training grows its discretisation (Song &
+    Dhariwal 2023, sec. 3.4): the j-th of J losses trains steps ((j-1)/J, j/J] of the run's `end` steps, so a step's
+    loss follows from the step alone (a resumed run continues exactly). The training loop asks `at(step, end)`."""
+
+    def __init__(self, losses: list[ConsistencyLoss]):
+        self.losses = losses
+        self.teacher = losses[-1].teacher  # the student starts from it
+
+    def stage(self, step: int, end: int) -> int:
+        """The index of the loss that trains step `step` (1-based) of a run of `end` steps."""
+        return min(len(self.losses) - 1, (step - 1) * len(self.losses) // max(end, 1))
+
+    def at(self, step: int, end: int) -> ConsistencyLoss:
+        return self.losses[self.stage(step, end)]

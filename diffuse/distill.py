@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffuse import DiffuseError, conf, config as nodes, distributed
 from diffuse.checkpoint import LAST, LoadedModel, load_model, write_atomic
 from diffuse.config import OPTIMIZERS, build
-from diffuse.consistency import ConsistencyLoss
+from diffuse.consistency import ConsistencyLoss, Curriculum
 from diffuse.data import ImageData
 from diffuse.denoiser import DiffusionModel
 from diffuse.features.cache import sha256
@@ -35,7 +35,7 @@ from diffuse.walk_file import every
 log = logging.getLogger(__name__)
 
 MANIFEST, STUDENT, FORMAT = "distill.json", "student.json", "diffuse-distill/1"
-IMPLIED = {"teacher_solver": "ddim"}  # settings distill.json gained later: what a folder written before meant
+IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None}  # settings distill.json gained later: what a folder written before meant
 METHODS = ("progressive", "consistency")
 
 
@@ -50,6 +50,7 @@ class DistillOptions:
     student_steps: int  # the last round's student; each round halves the steps
     spacing: str  # the spacing of the teacher's walk
     teacher_solver: str  # the teacher's step along its walk: ddim | heun (second order, two evaluations)
+    teacher_steps_start: int | None  # consistency: the teacher's walk starts this long and doubles up to teacher_steps
     clip_x0: bool  # clamp the teacher's x0 to [-1, 1] in its steps, as its sampling does
     train: TrainOptions
 
@@ -66,6 +67,15 @@ class DistillOptions:
         if self.teacher_solver not in TEACHER_STEPS:
             raise DiffuseError(f"teacher_solver={self.teacher_solver!r} is not a teacher's solver; allowed: "
                                f"{', '.join(TEACHER_STEPS)}")
+        start = self.teacher_steps_start
+        if start is not None:
+            if self.method != "consistency":
+                raise DiffuseError(f"teacher_steps_start={start} is consistency distillation's curriculum; "
+                                   f"method={self.method} halves its walk in rounds instead: leave it null")
+            ratio = self.teacher_steps // start if start >= 1 else 0
+            if start < 1 or start >= self.teacher_steps or ratio * start != self.teacher_steps or ratio & (ratio - 1):
+                raise DiffuseError(f"teacher_steps_start={start} must be teacher_steps={self.teacher_steps} divided by "
+                                   f"a power of 2 (the walk doubles up to it), or null (no curriculum)")
 
     @property
     def rounds(self) -> int:
@@ -78,6 +88,13 @@ class DistillOptions:
         student each), or up to teacher_steps itself (consistency: one student for all)."""
         top = (self.teacher_steps // self.student_steps).bit_length() - (self.method == "progressive")
         return [self.student_steps << j for j in range(top)]
+
+    @property
+    def curriculum(self) -> list[int]:
+        """The teacher's walk lengths over a consistency run, each for an equal share of its steps: teacher_steps_start,
+        twice that, ... teacher_steps (iCT's growing discretisation); [teacher_steps] without a curriculum."""
+        n = self.teacher_steps_start or self.teacher_steps
+        return [n << j for j in range((self.teacher_steps // n).bit_length())]
 
 
 @dataclass(eq=False)
@@ -205,10 +222,16 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
         record = {"method": "consistency", "teacher": teacher_path, "teacher_steps": opts.teacher_steps,
                   "steps": opts.teacher_steps, "timesteps": ts, "walks": opts.walks, "round": 1, "rounds": 1,
                   "teacher_solver": opts.teacher_solver, **first}
-        log.info("consistency distillation of %s over its %d-step walk: a student of %s steps", teacher_path,
-                 opts.teacher_steps, ", ".join(map(str, opts.walks)))
+        if opts.teacher_steps_start is not None:
+            record["teacher_steps_start"] = opts.teacher_steps_start
+        log.info("consistency distillation of %s over its %s-step walk%s: a student of %s steps", teacher_path,
+                 " -> ".join(map(str, opts.curriculum)), ", each for an equal share of the run" if
+                 len(opts.curriculum) > 1 else "", ", ".join(map(str, opts.walks)))
+        schedule = job.teacher.model.schedule
+        losses = [ConsistencyLoss(teacher, schedule.timesteps(n, opts.spacing), opts.clip_x0, opts.teacher_solver)
+                  for n in opts.curriculum]  # the last walks ts
         last = train_student(job, opts, 1, job.out_dir / "consistency", record,
-                             ConsistencyLoss(teacher, ts, opts.clip_x0, opts.teacher_solver), opts.train)
+                             Curriculum(losses) if len(losses) > 1 else losses[0], opts.train)
         log.info("distilled in %.1f s: consistency/", time.perf_counter() - began)
         return last
     per_round = replace(opts.train, max_minutes=opts.train.max_minutes / opts.rounds)

@@ -59,7 +59,8 @@ class TrainJob:
     cache_dir: Path  # where the evaluation caches its classifier and features
     resume: train_state.Resume | None = None
     resume_command: str = ""  # the command line that continues this run
-    loss: Callable = diffusion_loss  # (network, objective, schedule, x0, generator, labels, ...) -> loss; see train.py
+    loss: Callable = diffusion_loss  # (network, objective, schedule, x0, generator, labels, ...) -> loss, or an object
+    # whose at(step, end) gives the step's such loss (consistency.Curriculum); see train.py
     grid_images: StartImages | None = None  # a super-resolution model's grids: the low-res images they upsample
 
 

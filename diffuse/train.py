@@ -216,8 +216,9 @@ def train(job, opts: TrainOptions) -> Path:
                     group["lr"] = lr
                 x0, labels = next(batches)  # (B,C,H,W) in [-1, 1], (B,): the whole batch
                 with autocast:
-                    loss = job.loss(forward, objective, schedule, x0, generator, labels if conditional else None,
-                                    opts.cond_drop_prob, model.num_classes, part)
+                    step_loss = job.loss.at(step, end) if hasattr(job.loss, "at") else job.loss  # a Curriculum's
+                    loss = step_loss(forward, objective, schedule, x0, generator, labels if conditional else None,
+                                     opts.cond_drop_prob, model.num_classes, part)
                 if opts.nonfinite == "skip" and world.any(not bool(torch.isfinite(loss)))[0]:  # a host sync a step
                     skipped += 1
                     log.warning("step %d: non-finite loss %s, update skipped (%d so far)", step, loss.item(), skipped)

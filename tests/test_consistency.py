@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY_TRAIN, cli_in_process, run_cli, sampler_from_yaml
 from diffuse.checkpoint import load_checkpoint, metadata_config
-from diffuse.consistency import ConsistencyLoss, pseudo_huber
+from diffuse.consistency import ConsistencyLoss, Curriculum, pseudo_huber
 from diffuse.denoiser import DiffusionModel, ModelDenoiser
 from diffuse.objectives.ddpm import DDPM
 from diffuse.schedules.linear import linear
@@ -125,6 +125,18 @@ def test_pseudo_huber_is_zero_at_equal_images_and_near_the_l2_norm_far_from_them
     assert d[0].abs() < 1e-6 and d[2].abs() < 1e-6 and abs(d[1].item() - (14.0 - 0.00054 * 28)) < 1e-3
 
 
+def test_a_curriculum_trains_each_walk_for_an_equal_share_of_the_run_by_the_step_alone():
+    """Three walks over a 9-step run: steps 1-3, 4-6, 7-9 (and any later step: the last walk); a 10-step run splits
+    at 4 and 7. The step and the run's end alone pick the loss, so a resumed run takes the same ones."""
+    schedule, objective = linear(), DDPM(prediction="x0")
+    teacher = teacher_as_module(objective, schedule)
+    losses = [ConsistencyLoss(teacher, schedule.timesteps(n, "trailing"), clip_x0=False) for n in (2, 4, 8)]
+    curriculum = Curriculum(losses)
+    assert [curriculum.stage(step, 9) for step in range(1, 12)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
+    assert [curriculum.stage(step, 10) for step in range(1, 11)] == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert curriculum.at(1, 9) is losses[0] and curriculum.at(9, 9) is losses[2] and curriculum.teacher is teacher
+
+
 @pytest.fixture(scope="module")
 def consistency_run(tmp_path_factory, data_root):
     cwd = tmp_path_factory.mktemp("consistency")
@@ -157,3 +169,20 @@ def test_distill_refuses_an_unknown_method(consistency_run):
                           check=False)
     assert proc.returncode == 2 and "method='magic' is not a distillation method; allowed: progressive, consistency" \
         in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_curriculum_distillation_trains_its_short_walks_first_and_records_them(consistency_run, tmp_path):
+    """teacher_steps_start=2 with teacher_steps=4: the run's first half walks 2 teacher steps, its second 4. The
+    student walks 1, 2 and 4 steps as without the curriculum, records the curriculum, and its weights differ from the
+    same distillation's without it (same seed, data and steps): the training loop took the short walk's loss."""
+    proc = cli_in_process("distill", "ckpt=teacher", *DISTILL[:-1], "teacher_steps_start=2", "hydra.run.dir=cur",
+                          cwd=consistency_run)
+    assert "over its 2 -> 4-step walk, each for an equal share of the run" in proc.stdout, proc.stdout
+    folder = consistency_run / "cur" / "consistency"
+    record = metadata_config(load_checkpoint(folder)[1])["distill"]
+    assert (record["teacher_steps_start"], record["walks"], record["timesteps"]) == \
+        (2, [1, 2, 4], linear().timesteps(4, "trailing"))
+    assert json.loads((consistency_run / "cur" / "distill.json").read_text())["teacher_steps_start"] == 2
+    with_, without = load_checkpoint(folder)[0], load_checkpoint(consistency_run / "c" / "consistency")[0]
+    assert sorted(with_) == sorted(without) and any(not torch.equal(with_[k], without[k]) for k in with_)
+    cli_in_process("sample", f"ckpt={folder}", "steps=2", "n=2", "hydra.run.dir=s2", cwd=tmp_path)
