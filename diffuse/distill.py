@@ -35,8 +35,15 @@ from diffuse.walk_file import every
 log = logging.getLogger(__name__)
 
 MANIFEST, STUDENT, FORMAT = "distill.json", "student.json", "diffuse-distill/1"
-IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None}  # settings distill.json gained later: what a folder written before meant
+# settings distill.json gained later: what a folder written before them meant
+IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None}
 METHODS = ("progressive", "consistency")
+
+
+def doubles_to(small: int, big: int) -> bool:
+    """Whether big is small times a power of 2 (1, 2, 4, ...), both >= 1: a walk that doubles from small reaches big."""
+    ratio = big // small if small >= 1 else 0
+    return ratio >= 1 and ratio * small == big and not ratio & (ratio - 1)
 
 
 @dataclass(frozen=True)
@@ -57,9 +64,7 @@ class DistillOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise DiffuseError(f"method={self.method!r} is not a distillation method; allowed: {', '.join(METHODS)}")
-        ratio = self.teacher_steps // max(self.student_steps, 1)
-        if (self.student_steps < 1 or self.teacher_steps <= self.student_steps or ratio * self.student_steps
-                != self.teacher_steps or ratio & (ratio - 1)):
+        if self.teacher_steps <= self.student_steps or not doubles_to(self.student_steps, self.teacher_steps):
             raise DiffuseError(f"teacher_steps must be student_steps times a power of 2 (each round halves the steps), "
                                f"got teacher_steps={self.teacher_steps} and student_steps={self.student_steps}")
         if self.spacing not in SPACINGS:
@@ -72,8 +77,7 @@ class DistillOptions:
             if self.method != "consistency":
                 raise DiffuseError(f"teacher_steps_start={start} is consistency distillation's curriculum; "
                                    f"method={self.method} halves its walk in rounds instead: leave it null")
-            ratio = self.teacher_steps // start if start >= 1 else 0
-            if start < 1 or start >= self.teacher_steps or ratio * start != self.teacher_steps or ratio & (ratio - 1):
+            if start >= self.teacher_steps or not doubles_to(start, self.teacher_steps):
                 raise DiffuseError(f"teacher_steps_start={start} must be teacher_steps={self.teacher_steps} divided by "
                                    f"a power of 2 (the walk doubles up to it), or null (no curriculum)")
 

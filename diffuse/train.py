@@ -204,6 +204,7 @@ def train(job, opts: TrainOptions) -> Path:
                                                     numeric)) if opts.eval_every and world.main else None
 
     # --- the loop
+    staged = getattr(job.loss, "at", None)  # (step, end) -> the step's loss, for one that varies (a Curriculum)
     loss_sum, loss_count = torch.zeros((), device=device), 0
     t_start = t_last = time.perf_counter()
     deadline = t_start + 60 * opts.max_minutes if opts.max_minutes else math.inf
@@ -216,7 +217,7 @@ def train(job, opts: TrainOptions) -> Path:
                     group["lr"] = lr
                 x0, labels = next(batches)  # (B,C,H,W) in [-1, 1], (B,): the whole batch
                 with autocast:
-                    step_loss = job.loss.at(step, end) if hasattr(job.loss, "at") else job.loss  # a Curriculum's
+                    step_loss = staged(step, end) if staged else job.loss
                     loss = step_loss(forward, objective, schedule, x0, generator, labels if conditional else None,
                                      opts.cond_drop_prob, model.num_classes, part)
                 if opts.nonfinite == "skip" and world.any(not bool(torch.isfinite(loss)))[0]:  # a host sync a step
