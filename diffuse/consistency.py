@@ -1,18 +1,15 @@
 """Consistency distillation (Song et al. 2023, Alg. 2) of a diffusion teacher: the student's x0 at a timestep of the
 teacher's walk must match its own x0 (stop-gradient, as Song & Dhariwal 2023 train it) one teacher step later,
 and the teacher's x0 at the walk's last step. A student so trained walks DDIM at every (N/k)-th timestep of that
-N-step walk, for each k it records. Multistep consistency (Heek et al. 2024): the walk is cut into K segments and the
-student need only be consistent up to the end of each point's own segment (a simpler function), walking K steps.
-Pure: no I/O; the caller's generator."""
+N-step walk, for each k it records. Pure: no I/O; the caller's generator."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from diffuse import DiffuseError
 from diffuse.objectives import Objective
-from diffuse.progressive import TEACHER_STEPS, ddim_from_x0, denoised, predict, scales, walk_draws
+from diffuse.progressive import TEACHER_STEPS, denoised, predict, scales, walk_draws
 from diffuse.schedule import Schedule
 
 
@@ -24,45 +21,32 @@ def pseudo_huber(a: Tensor, b: Tensor) -> Tensor:
 
 
 class ConsistencyLoss:
-    """The consistency loss over the teacher's walk `teacher_ts` (N timesteps, then -1), cut into `segments` (K, a
-    divisor of N) of N/K steps each: K = 1 is Song et al.'s, K > 1 Heek et al.'s multistep consistency. Called as the
-    training loop calls `diffuse.loss.diffusion_loss`; `clip_x0` clamps the teacher's x0 and the target as sampling
-    does."""
+    """The consistency loss over the teacher's walk `teacher_ts` (N timesteps, then -1). Called as the training loop
+    calls `diffuse.loss.diffusion_loss`; `clip_x0` clamps the teacher's x0 and the target as sampling does."""
 
-    def __init__(self, teacher: nn.Module, teacher_ts: list[float], clip_x0: bool = True, solver: str = "ddim",
-                 segments: int = 1):
+    def __init__(self, teacher: nn.Module, teacher_ts: list[float], clip_x0: bool = True, solver: str = "ddim"):
         self.teacher, self.clip_x0 = teacher.eval().requires_grad_(False), clip_x0
         self.step = TEACHER_STEPS[solver]  # the teacher's step along its walk: ddim | heun
         self.ts = torch.tensor(teacher_ts, dtype=torch.float64)  # (N+1,) ending at -1
-        if segments < 1 or (len(teacher_ts) - 1) % segments:
-            raise DiffuseError(f"segments={segments} must divide the walk's {len(teacher_ts) - 1} steps")
-        self.links = (len(teacher_ts) - 1) // segments  # teacher steps per segment
 
     def __call__(self, network: nn.Module, objective: Objective, schedule: Schedule, x0: Tensor,
                  generator: torch.Generator, labels: Tensor | None = None, drop_prob: float = 0.0,
                  null_label: int | None = None, part: slice = slice(None)) -> Tensor:
-        """x_t at walk step i (uniform), in the segment that ends at timestep s; one teacher step gives x_t' at step
-        i+1. The point the student must reach at s: x_t' itself when t' = s (at s = -1, the teacher's x0), else DDIM
-        from x_t' to s with the student's own x0 there (no gradient). The student's x0 target is the x0 from which
-        one DDIM step lands on that point, (x_s - (sigma_s/sigma_t) x_t) / (alpha_s - (sigma_s/sigma_t) alpha_t)
-        (Heek et al. 2024's inverse DDIM; the point itself when s = -1); distance: pseudo-Huber, weight 1.
+        """x_t at walk step i (uniform); one teacher step gives x_t' at step i+1; the target is the student's own
+        x0 there (no gradient), or x_t' itself when t' = -1 (the teacher's x0); distance: pseudo-Huber, weight 1.
         The teacher steps with `solver`: ddim (one evaluation) or heun (two, second order).
         The draws (step, noise, label dropout, in that order) cover the whole batch, as in diffusion_loss."""
         device, steps = x0.device, len(self.ts) - 1
         i, x0, eps, labels = walk_draws(steps, x0, generator, labels, drop_prob, null_label, part)
         t, t_next = self.ts[i], self.ts[i + 1]
-        s = self.ts[(i // self.links + 1) * self.links]  # (b,) the end of each example's segment
         alpha, sigma = scales(schedule, t, device)
         x_t = alpha * x0 + sigma * eps  # (b,C,H,W)
         with torch.no_grad():
             x_next = self.step(self.teacher, objective, schedule, x_t, t, t_next, labels, self.clip_x0)
-            end = (t_next == s).view(-1, 1, 1, 1).to(device)  # the segment's last step: x_next is the point at s
-            t_own = torch.where(t_next < 0, self.ts[steps - 1], t_next)  # any valid timestep where t' = -1 (unused)
+            end = (t_next < 0).view(-1, 1, 1, 1).to(device)  # the walk's last step: x_next is the teacher's x0
+            t_own = torch.where(t_next < 0, self.ts[steps - 1], t_next)  # any valid timestep where end (unused there)
             own = denoised(network, objective, schedule, x_next, t_own, labels, self.clip_x0)
-            x_s = torch.where(end, x_next, ddim_from_x0(schedule, x_next, own, t_own, s))  # (b,C,H,W)
-            alpha_s, sigma_s = scales(schedule, s, device)
-            ratio = sigma_s / sigma  # (b,1,1,1); 0 where s = -1
-            target = (x_s - ratio * x_t) / (alpha_s - ratio * alpha)  # (b,C,H,W)
+            target = torch.where(end, x_next, own)  # (b,C,H,W)
         x0_student = predict(network, objective, schedule, x_t, t, labels)[1]
         return pseudo_huber(x0_student, target).mean()
 

@@ -1,9 +1,8 @@
 """`diffuse distill ckpt=TEACHER`: progressive distillation (diffuse.progressive) in rounds, each an ordinary training
 run of `diffuse.train` (so resume, signals and kill-safety are train's) whose student takes in one step what its
-teacher took in two; or consistency distillation (diffuse.consistency) in one such run, for every step count
-(consistency) or for student_steps alone (multistep). Every student is a checkpoint of its own (steps_N/, consistency/
-or multistep/) that `diffuse sample` and `diffuse eval` walk at the step counts it was distilled for; its metadata
-names its teacher, the method and its timesteps."""
+teacher took in two; or consistency distillation (diffuse.consistency) in one such run. Every student is a checkpoint
+of its own (steps_N/, or consistency/) that `diffuse sample` and `diffuse eval` walk at the step counts it was
+distilled for; its metadata names its teacher, the method and its timesteps."""
 
 from __future__ import annotations
 
@@ -38,8 +37,7 @@ log = logging.getLogger(__name__)
 MANIFEST, STUDENT, FORMAT = "distill.json", "student.json", "diffuse-distill/1"
 # settings distill.json gained later: what a folder written before them meant
 IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None}
-METHODS = ("progressive", "consistency", "multistep")
-CONSISTENCY = ("consistency", "multistep")  # the methods of one run over the walk, with ConsistencyLoss
+METHODS = ("progressive", "consistency")
 
 
 def doubles_to(small: int, big: int) -> bool:
@@ -54,14 +52,12 @@ class DistillOptions:
     distillation's own defaults in conf/distill.yaml). train.max_minutes is the whole distillation's budget,
     shared evenly by the rounds; train.steps caps each round."""
 
-    method: str  # progressive (rounds of halving) | consistency | multistep (one run over the teacher's walk)
+    method: str  # progressive (rounds of halving) | consistency (one run over the teacher's walk)
     teacher_steps: int  # the teacher's DDIM walk that the first round halves
-    student_steps: int  # the last round's student (each round halves the steps); consistency: the fewest steps of
-    # its student; multistep: its student's steps, the segments of the walk
+    student_steps: int  # the last round's student; each round halves the steps
     spacing: str  # the spacing of the teacher's walk
     teacher_solver: str  # the teacher's step along its walk: ddim | heun (second order, two evaluations)
-    teacher_steps_start: int | None  # consistency, multistep: the teacher's walk starts this long, doubles up to
-    # teacher_steps
+    teacher_steps_start: int | None  # consistency: the teacher's walk starts this long and doubles up to teacher_steps
     clip_x0: bool  # clamp the teacher's x0 to [-1, 1] in its steps, as its sampling does
     train: TrainOptions
 
@@ -78,15 +74,12 @@ class DistillOptions:
                                f"{', '.join(TEACHER_STEPS)}")
         start = self.teacher_steps_start
         if start is not None:
-            if self.method not in CONSISTENCY:
+            if self.method != "consistency":
                 raise DiffuseError(f"teacher_steps_start={start} is consistency distillation's curriculum; "
                                    f"method={self.method} halves its walk in rounds instead: leave it null")
             if start >= self.teacher_steps or not doubles_to(start, self.teacher_steps):
                 raise DiffuseError(f"teacher_steps_start={start} must be teacher_steps={self.teacher_steps} divided by "
                                    f"a power of 2 (the walk doubles up to it), or null (no curriculum)")
-            if self.method == "multistep" and start < self.student_steps:
-                raise DiffuseError(f"teacher_steps_start={start} is shorter than the multistep student's "
-                                   f"student_steps={self.student_steps} segments (each needs a step of the walk)")
 
     @property
     def rounds(self) -> int:
@@ -94,17 +87,9 @@ class DistillOptions:
         return (self.teacher_steps // self.student_steps).bit_length() - 1 if self.method == "progressive" else 1
 
     @property
-    def segments(self) -> int:
-        """The segments of the walk each of whose points the student maps to its segment's end: student_steps for
-        multistep (Heek et al. 2024), 1 (the walk's end) for consistency."""
-        return self.student_steps if self.method == "multistep" else 1
-
-    @property
     def walks(self) -> list[int]:
         """The step counts the students walk: student_steps, twice that, ... below teacher_steps (progressive: one
-        student each), or up to teacher_steps itself (consistency: one student for all); multistep: student_steps."""
-        if self.method == "multistep":
-            return [self.student_steps]
+        student each), or up to teacher_steps itself (consistency: one student for all)."""
         top = (self.teacher_steps // self.student_steps).bit_length() - (self.method == "progressive")
         return [self.student_steps << j for j in range(top)]
 
@@ -237,22 +222,21 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
     teacher, ts = job.teacher.model.network.to(job.device), job.teacher_ts
     teacher_path, began = str(job.teacher.path), time.perf_counter()
     first = {"first_teacher": job.manifest["teacher"], "first_teacher_sha256": job.manifest["teacher_sha256"]}
-    if opts.method in CONSISTENCY:
-        record = {"method": opts.method, "teacher": teacher_path, "teacher_steps": opts.teacher_steps,
+    if opts.method == "consistency":
+        record = {"method": "consistency", "teacher": teacher_path, "teacher_steps": opts.teacher_steps,
                   "steps": opts.teacher_steps, "timesteps": ts, "walks": opts.walks, "round": 1, "rounds": 1,
                   "teacher_solver": opts.teacher_solver, **first}
         if opts.teacher_steps_start is not None:
             record["teacher_steps_start"] = opts.teacher_steps_start
-        log.info("%s distillation of %s over its %s-step walk%s%s: a student of %s steps", opts.method, teacher_path,
+        log.info("consistency distillation of %s over its %s-step walk%s: a student of %s steps", teacher_path,
                  " -> ".join(map(str, opts.curriculum)), ", each for an equal share of the run" if
-                 len(opts.curriculum) > 1 else "", f" in {opts.segments} segments" if opts.segments > 1 else "",
-                 ", ".join(map(str, opts.walks)))
+                 len(opts.curriculum) > 1 else "", ", ".join(map(str, opts.walks)))
         schedule = job.teacher.model.schedule
-        losses = [ConsistencyLoss(teacher, schedule.timesteps(n, opts.spacing), opts.clip_x0, opts.teacher_solver,
-                                  opts.segments) for n in opts.curriculum]  # the last walks ts
-        last = train_student(job, opts, 1, job.out_dir / opts.method, record,
+        losses = [ConsistencyLoss(teacher, schedule.timesteps(n, opts.spacing), opts.clip_x0, opts.teacher_solver)
+                  for n in opts.curriculum]  # the last walks ts
+        last = train_student(job, opts, 1, job.out_dir / "consistency", record,
                              Curriculum(losses) if len(losses) > 1 else losses[0], opts.train)
-        log.info("distilled in %.1f s: %s/", time.perf_counter() - began, opts.method)
+        log.info("distilled in %.1f s: consistency/", time.perf_counter() - began)
         return last
     per_round = replace(opts.train, max_minutes=opts.train.max_minutes / opts.rounds)
     for k in range(1, opts.rounds + 1):

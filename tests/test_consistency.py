@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN, cli_in_process, run_cli, sampler_from_yaml
-from diffuse import DiffuseError
 from diffuse.checkpoint import load_checkpoint, metadata_config
 from diffuse.consistency import ConsistencyLoss, Curriculum, pseudo_huber
 from diffuse.denoiser import DiffusionModel, ModelDenoiser
@@ -94,49 +93,6 @@ def test_the_heun_walks_consistency_function_has_zero_loss_only_when_the_teacher
     assert losses["ddim"] > 1e-3 and losses["heun"] < 1e-3 * losses["ddim"], losses
 
 
-def oracle_segments(objective, schedule, walk: list[float], segments: int) -> torch.nn.Module:
-    """The x0-predicting network whose DDIM step from x at a timestep of `walk` to the end s of its segment (of
-    `segments` equal ones) lands where the teacher's DDIM walk from x lands at s (multistep consistency's function)."""
-    ddim, teacher = sampler_from_yaml("ddim"), objective_denoiser(objective, schedule, MIXTURE)
-    links = (len(walk) - 1) // segments
-    rest = {t: walk[i:(i // links + 1) * links + 1] for i, t in enumerate(walk[:-1])}  # t .. its segment's end
-
-    def network(x, time):
-        out = torch.zeros_like(x, dtype=torch.float64)
-        for t in time.unique().tolist():
-            m, walk_t = time == t, rest[t]
-            x_s = ddim(teacher, schedule, x[m].double(), walk_t)  # the teacher's point at s
-            (a, sd), (a_s, sd_s) = [(schedule.alpha(u).item(), schedule.sigma(u).item()) for u in (t, walk_t[-1])]
-            out[m] = (x_s - sd_s / sd * x[m].double()) / (a_s - sd_s / sd * a)  # inverse DDIM: t -> s lands on x_s
-        return out
-
-    return Wrapped(network)
-
-
-def test_a_multistep_students_segment_consistency_has_zero_loss_and_walks_its_teachers_images_in_k_steps():
-    """An 8-step DDIM walk of the exact teacher cut into 2 segments: the network that maps each point to its segment's
-    end (by the x0 of one DDIM step there) has zero loss with segments=2 and a clearly positive one with segments=1,
-    where the whole walk's consistency function is the reverse; walked with DDIM in 2 steps (every 4th timestep) it
-    gives the teacher's 8-step images exactly."""
-    schedule, objective = linear(), DDPM(prediction="x0")
-    walk = schedule.timesteps(8, "trailing")
-    teacher = teacher_as_module(objective, schedule)
-    segment, whole = oracle_segments(objective, schedule, walk, 2), oracle_consistency(objective, schedule, walk)
-    x0 = MIXTURE.quantile(torch.rand(512, generator=torch.Generator().manual_seed(0))).view(-1, 1, 1, 1).float()
-    losses = {(name, k): ConsistencyLoss(teacher, walk, clip_x0=False, segments=k)(
-        net, objective, schedule, x0, torch.Generator().manual_seed(1))
-        for name, net in (("segment", segment), ("whole", whole)) for k in (1, 2)}
-    assert losses["whole", 1] < 1e-4 * losses["segment", 1] and losses["segment", 1] > 1e-2, losses
-    assert losses["segment", 2] < 1e-4 * losses["whole", 2] and losses["whole", 2] > 1e-2, losses
-    ddim, exact = sampler_from_yaml("ddim"), objective_denoiser(objective, schedule, MIXTURE)
-    x_T = torch.randn(2000, 1, 1, 1, generator=torch.Generator().manual_seed(2))
-    teacher_images = ddim(exact, schedule, x_T.double(), walk)
-    two_steps = ddim(ModelDenoiser(DiffusionModel(segment, objective, schedule, (1, 1, 1))), schedule, x_T, walk[::4])
-    torch.testing.assert_close(two_steps.double(), teacher_images, atol=2e-5, rtol=1e-5)
-    with pytest.raises(DiffuseError, match="segments=3 must divide the walk's 8 steps"):
-        ConsistencyLoss(teacher, walk, segments=3)
-
-
 @pytest.mark.parametrize("solver, order", [("ddim", 1.0), ("heun", 2.0)])
 def test_the_teachers_step_converges_at_its_order(solver, order):
     """The teacher's walk taken with the step the loss uses, on the mixture's exact x0 network (linear schedule,
@@ -211,7 +167,7 @@ def test_one_consistency_student_walks_every_step_count_it_records(consistency_r
 def test_distill_refuses_an_unknown_method(consistency_run):
     proc = cli_in_process("distill", "ckpt=teacher", "method=magic", "hydra.run.dir=refused", cwd=consistency_run,
                           check=False)
-    assert proc.returncode == 2 and "method='magic' is not a distillation method; allowed: progressive, consistency, multistep" \
+    assert proc.returncode == 2 and "method='magic' is not a distillation method; allowed: progressive, consistency" \
         in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -230,24 +186,3 @@ def test_a_curriculum_distillation_trains_its_short_walks_first_and_records_them
     with_, without = load_checkpoint(folder)[0], load_checkpoint(consistency_run / "c" / "consistency")[0]
     assert sorted(with_) == sorted(without) and any(not torch.equal(with_[k], without[k]) for k in with_)
     cli_in_process("sample", f"ckpt={folder}", "steps=2", "n=2", "hydra.run.dir=s2", cwd=tmp_path)
-
-
-def test_a_multistep_student_walks_its_own_step_count_alone(consistency_run, tmp_path):
-    """method=multistep student_steps=2 over a 4-step walk: one run in multistep/ whose student records the walk in 2
-    segments and walks 2 steps (every other timestep), refuses 1 and 4, and differs from the consistency student
-    distilled with the same seed, data and steps (its loss targets the segments' ends)."""
-    proc = cli_in_process("distill", "ckpt=teacher", *DISTILL[:-1], "method=multistep", "student_steps=2",
-                          "hydra.run.dir=ms", cwd=consistency_run)
-    assert "multistep distillation of" in proc.stdout and "in 2 segments: a student of 2 steps" in proc.stdout
-    folder, walk = consistency_run / "ms" / "multistep", linear().timesteps(4, "trailing")
-    record = metadata_config(load_checkpoint(folder)[1])["distill"]
-    assert (record["method"], record["steps"], record["timesteps"], record["walks"]) == ("multistep", 4, walk, [2])
-    cli_in_process("sample", f"ckpt={folder}", "steps=2", "n=2", "hydra.run.dir=s2", cwd=tmp_path)
-    assert json.loads((tmp_path / "s2" / "sampling.json").read_text())["timesteps"] == walk[::2]
-    for k in (1, 4):
-        proc = cli_in_process("sample", f"ckpt={folder}", f"steps={k}", "n=2", f"hydra.run.dir=s{k}", cwd=tmp_path,
-                              check=False)
-        assert proc.returncode == 2 and "is a student distilled for 2 steps (multistep distillation)" in proc.stderr
-        assert not (tmp_path / f"s{k}" / "samples.npz").exists()
-    mine, consistency = load_checkpoint(folder)[0], load_checkpoint(consistency_run / "c" / "consistency")[0]
-    assert sorted(mine) == sorted(consistency) and any(not torch.equal(mine[k], consistency[k]) for k in mine)
