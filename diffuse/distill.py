@@ -12,7 +12,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -28,17 +27,16 @@ from diffuse.progressive import TEACHER_STEPS, ProgressiveLoss, halve
 from diffuse.run import Context, TrainJob, dataset_builder
 from diffuse.sampler_choice import checked_sampler
 from diffuse.schedule import SPACINGS
-from diffuse.student_walks import search_walks
 from diffuse.train import TrainOptions, train
 from diffuse.train_state import read_resume
-from diffuse.validate import is_int, seed as check_seed
+from diffuse.validate import seed as check_seed
 from diffuse.walk_file import every
 
 log = logging.getLogger(__name__)
 
 MANIFEST, STUDENT, FORMAT = "distill.json", "student.json", "diffuse-distill/1"
 # settings distill.json gained later: what a folder written before them meant
-IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None, "search_walks": [], "search_n": 1000}
+IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None}
 METHODS = ("progressive", "consistency")
 
 
@@ -51,8 +49,8 @@ def doubles_to(small: int, big: int) -> bool:
 @dataclass(frozen=True)
 class DistillOptions:
     """The options of `diffuse distill` (defaults: conf/distill.yaml; train.*: conf/train_options.yaml, with
-    distillation's own defaults in conf/distill.yaml). train.max_minutes is the distillation's training budget,
-    shared evenly by the rounds (the walk search runs after it); train.steps caps each round."""
+    distillation's own defaults in conf/distill.yaml). train.max_minutes is the whole distillation's budget,
+    shared evenly by the rounds; train.steps caps each round."""
 
     method: str  # progressive (rounds of halving) | consistency (one run over the teacher's walk)
     teacher_steps: int  # the teacher's DDIM walk that the first round halves
@@ -61,8 +59,6 @@ class DistillOptions:
     teacher_solver: str  # the teacher's step along its walk: ddim | heun (second order, two evaluations)
     teacher_steps_start: int | None  # consistency: the teacher's walk starts this long and doubles up to teacher_steps
     clip_x0: bool  # clamp the teacher's x0 to [-1, 1] in its steps, as its sampling does
-    search_walks: Any  # consistency: the step counts whose walk is chosen by FID (auto: [2] where it walks 2 < N)
-    search_n: int  # images per walk the search scores
     train: TrainOptions
 
     def __post_init__(self) -> None:
@@ -84,27 +80,6 @@ class DistillOptions:
             if start >= self.teacher_steps or not doubles_to(start, self.teacher_steps):
                 raise DiffuseError(f"teacher_steps_start={start} must be teacher_steps={self.teacher_steps} divided by "
                                    f"a power of 2 (the walk doubles up to it), or null (no curriculum)")
-        object.__setattr__(self, "search_walks", self.checked_search())
-
-    def checked_search(self) -> list[int]:
-        """search_walks resolved: auto is [2] for a consistency student that walks 2 steps (fewer than its teacher's
-        walk), else []."""
-        given, walks = self.search_walks, self.walks
-        if given == "auto":
-            given = [2] if self.method == "consistency" and 2 in walks and 2 < self.teacher_steps else []
-        if not isinstance(given, (list, tuple)) or not all(is_int(k) for k in given):
-            raise DiffuseError(f"search_walks={given!r} must be a list of step counts, e.g. [2] or [2,4], or auto")
-        if given and self.method != "consistency":
-            raise DiffuseError(f"search_walks={list(given)} chooses the walks of a consistency student; "
-                               f"method={self.method}'s students walk their round's timesteps: leave it auto or []")
-        choosable = [k for k in walks if k not in (1, self.teacher_steps)]
-        bad = [k for k in given if k not in choosable]
-        if bad:
-            raise DiffuseError(f"search_walks={list(given)}: {bad[0]} is not a step count with a timestep to choose; "
-                               f"allowed: {', '.join(map(str, choosable)) or 'none'}")
-        if given and self.search_n < 2:
-            raise DiffuseError(f"search_n={self.search_n} must be >= 2 (images per walk the search scores)")
-        return sorted(set(given))
 
     @property
     def rounds(self) -> int:
@@ -210,14 +185,12 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
 def train_student(job: DistillJob, opts: DistillOptions, k: int, folder: Path, record: dict, loss,
                   train_opts: TrainOptions) -> Path:
     """One student: a training run in `folder` started from the teacher's weights (round k's seed), with `loss`;
-    a finished one (student.json) is kept, an unfinished one continues from its checkpoint exactly. The walks of
-    opts.search_walks (a consistency student's) are then chosen by FID, into its checkpoint (diffuse.student_walks)."""
+    a finished one (student.json) is kept, an unfinished one continues from its checkpoint exactly."""
     world, last = job.world, folder / "checkpoints" / LAST
     if (folder / STUDENT).is_file():
         log.info("%s: the student is done (%s)", folder.name, last)
         return last
     resume = read_resume(last, str(last))[0] if last.is_file() else None
-    trained = resume is not None and resume.state["step"] >= (resume.state.get("end") or train_opts.steps)
     torch.manual_seed(job.seed + k)  # dropout of this run
     student = copy.deepcopy(loss.teacher).requires_grad_(True)
     model, n = job.teacher.model, min(record["walks"])
@@ -230,14 +203,10 @@ def train_student(job: DistillJob, opts: DistillOptions, k: int, folder: Path, r
         resume_command=job.resume_command, loss=loss)
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if trained:  # stopped after its last step, before student.json (in the walk search): the search again
-        log.info("%s: the student is trained (step %d); choosing its walks", folder.name, resume.state["step"])
-    else:
-        last = train(round_job, replace(train_opts, sample_steps=n, eval_steps=n))
+    last = train(round_job, replace(train_opts, sample_steps=n, eval_steps=n))
     if world.main:
-        chosen = {"search_walks": search_walks(job, opts, last)} if opts.search_walks else {}
-        seconds = round(time.perf_counter() - started, 1)  # training and search
-        write_atomic(folder / STUDENT, (json.dumps({**record, "checkpoint": str(last), "seconds": seconds, **chosen},
+        write_atomic(folder / STUDENT, (json.dumps({**record, "checkpoint": str(last),
+                                                    "seconds": round(time.perf_counter() - started, 1)},
                                                    indent=2) + "\n").encode())
     world.barrier()
     return last

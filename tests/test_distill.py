@@ -93,8 +93,7 @@ def test_a_walk_that_cannot_be_halved_is_refused(walk):
 
 
 DISTILL = ("teacher_steps=4", "student_steps=1", "train.steps=3", "train.max_minutes=0", "train.batch_size=8",
-           "train.precision=fp32", "train.lr_decay=none", "train.ckpt_every=1", "train.log_every=1", "search_walks=[]",
-           "method=progressive")
+           "train.precision=fp32", "train.lr_decay=none", "train.ckpt_every=1", "train.log_every=1", "method=progressive")
 
 
 @pytest.fixture(scope="module")
