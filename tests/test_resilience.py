@@ -108,8 +108,9 @@ def test_a_time_budget_plans_the_last_step_and_a_resume_keeps_the_plan(tmp_path,
     rows = list(csv.DictReader(open(tmp_path / "resumed" / "metrics.csv")))
     assert float(rows[-1]["lr"]) == 0.0 and rows[-1]["step"] == str(end_then)
     assert "planned the run to end" in _bad_resume(tmp_path, args)
-    if last == end == end_then:  # planned for the last time before step 40, and no slow moment made the deadline
-        a, b = weights(tmp_path / "budget"), weights(tmp_path / "resumed")  # come first: bitwise the same run
+    if last == end and set(plans) == {end_then}:  # every plan (before step 40 and after) agreed, and no slow
+        a, b = weights(tmp_path / "budget"), weights(tmp_path / "resumed")  # moment made the deadline come first:
+        # bitwise the same run (a plan that differed for a while gave those steps other learning rates)
         for key in a:
             assert torch.equal(a[key], b[key]), key
 
