@@ -46,7 +46,7 @@ def join_run(argv: list[str]):
 
     world = distributed.start()
     if world.active:
-        micros = world.broadcast_int(int(datetime.datetime.now().timestamp() * 1e6))
+        micros = world.broadcast(int(datetime.datetime.now().timestamp() * 1e6))
         SHARED_TIME[:] = [datetime.datetime.fromtimestamp(micros / 1e6)]
         if world.rank:
             argv = [*argv, "hydra.output_subdir=null", "hydra/job_logging=disabled"]

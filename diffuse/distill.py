@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -27,9 +28,10 @@ from diffuse.progressive import TEACHER_STEPS, ProgressiveLoss, halve
 from diffuse.run import Context, TrainJob, dataset_builder
 from diffuse.sampler_choice import checked_sampler
 from diffuse.schedule import SPACINGS
+from diffuse.student_walks import search_walks
 from diffuse.train import TrainOptions, train
 from diffuse.train_state import read_resume
-from diffuse.validate import seed as check_seed
+from diffuse.validate import is_int, seed as check_seed
 from diffuse.walk_file import every
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 MANIFEST, STUDENT, FORMAT = "distill.json", "student.json", "diffuse-distill/1"
 # settings distill.json gained later: what a folder written before them meant
 IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None}
+FREE = ("search_walks", "search_n")  # settings a resumed distillation may change: they choose walks after training
 METHODS = ("progressive", "consistency")
 
 
@@ -49,8 +52,8 @@ def doubles_to(small: int, big: int) -> bool:
 @dataclass(frozen=True)
 class DistillOptions:
     """The options of `diffuse distill` (defaults: conf/distill.yaml; train.*: conf/train_options.yaml, with
-    distillation's own defaults in conf/distill.yaml). train.max_minutes is the whole distillation's budget,
-    shared evenly by the rounds; train.steps caps each round."""
+    distillation's own defaults in conf/distill.yaml). train.max_minutes is the distillation's training budget,
+    shared evenly by the rounds (the walk search runs after it); train.steps caps each round."""
 
     method: str  # progressive (rounds of halving) | consistency (one run over the teacher's walk)
     teacher_steps: int  # the teacher's DDIM walk that the first round halves
@@ -59,6 +62,8 @@ class DistillOptions:
     teacher_solver: str  # the teacher's step along its walk: ddim | heun (second order, two evaluations)
     teacher_steps_start: int | None  # consistency: the teacher's walk starts this long and doubles up to teacher_steps
     clip_x0: bool  # clamp the teacher's x0 to [-1, 1] in its steps, as its sampling does
+    search_walks: Any  # consistency: the step counts whose walk is chosen by FID (auto: see checked_search)
+    search_n: int  # images per walk the search scores
     train: TrainOptions
 
     def __post_init__(self) -> None:
@@ -80,6 +85,32 @@ class DistillOptions:
             if start >= self.teacher_steps or not doubles_to(start, self.teacher_steps):
                 raise DiffuseError(f"teacher_steps_start={start} must be teacher_steps={self.teacher_steps} divided by "
                                    f"a power of 2 (the walk doubles up to it), or null (no curriculum)")
+        self.checked_search()
+
+    def checked_search(self, data: ImageData | None = None) -> list[int]:
+        """search_walks resolved for the teacher's data set (None: not known yet): auto is [2] for a consistency
+        student that walks 2 steps (fewer than its teacher's walk) on a data set with class labels (the classifier
+        that scores the walks needs them), else []."""
+        given, walks = self.search_walks, self.walks
+        labelled = data is None or data.num_classes >= 2
+        if given == "auto":
+            given = [2] if self.method == "consistency" and 2 in walks and 2 < self.teacher_steps and labelled else []
+        if not isinstance(given, (list, tuple)) or not all(is_int(k) for k in given):
+            raise DiffuseError(f"search_walks={given!r} must be a list of step counts, e.g. [2] or [2,4], or auto")
+        if given and self.method != "consistency":
+            raise DiffuseError(f"search_walks={list(given)} chooses the walks of a consistency student; "
+                               f"method={self.method}'s students walk their round's timesteps: leave it auto or []")
+        choosable = [k for k in walks if k not in (1, self.teacher_steps)]
+        bad = [k for k in given if k not in choosable]
+        if bad:
+            raise DiffuseError(f"search_walks={list(given)}: {bad[0]} is not a step count with a timestep to choose; "
+                               f"allowed: {', '.join(map(str, choosable)) or 'none'}")
+        if given and (not is_int(self.search_n) or self.search_n < 2):
+            raise DiffuseError(f"search_n={self.search_n!r} must be an integer >= 2 (images per walk the search scores)")
+        if given and not labelled:
+            raise DiffuseError(f"search_walks={list(given)} scores walks with the data set's domain classifier, and "
+                               f"{data.name!r} has no class labels: use search_walks=[]")
+        return sorted(set(given))
 
     @property
     def rounds(self) -> int:
@@ -116,6 +147,7 @@ class DistillJob:
     manifest: dict  # what distill.json records: teacher, its SHA-256, walk, options
     cache_dir: Path
     resume_command: str
+    search_walks: list[int]  # the step counts whose walk the search chooses (opts.search_walks resolved)
 
 
 def ddim_node() -> dict:
@@ -164,12 +196,16 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
         raise DiffuseError(f"the data set {data.name} has images {list(data.shape)}, and ckpt={teacher.path} makes "
                            f"{list(teacher.model.shape)}")
     seed = check_seed(config["seed"])
-    manifest = {"format": FORMAT, **{k: v for k, v in asdict(opts).items() if k != "train"},
+    search = opts.checked_search(data)
+    if opts.search_walks == "auto" and opts.method == "consistency" and data.num_classes < 2:
+        log.info("search_walks=auto: %s has no class labels for the classifier that scores walks, so the student "
+                 "walks every (N/k)-th of its timesteps", data.name)
+    manifest = {"format": FORMAT, **{k: v for k, v in asdict(opts).items() if k != "train"}, "search_walks": search,
                 "seed": seed, "teacher_sha256": sha256(teacher.path), "teacher_weights": teacher.weights,
                 "teacher": str(teacher.path), "teacher_timesteps": teacher_ts}
     if given is not None and (out_dir / MANIFEST).is_file():  # the same distillation, or none
         before = {**IMPLIED, **json.loads((out_dir / MANIFEST).read_text())}
-        changed = [k for k in manifest if k != "teacher" and before.get(k) != manifest[k]]
+        changed = [k for k in manifest if k not in ("teacher", *FREE) and before.get(k) != manifest[k]]
         if changed:
             key = changed[0]
             raise DiffuseError(f"resume={given}: that distillation was made with {key}={before.get(key)!r}, and this "
@@ -179,36 +215,49 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
     device = distributed.device(world, nodes.device(config["device"]))
     return DistillJob(world, teacher, teacher_ts, data, dataset_builder(node, {"train": data}), optimizer, device,
                       out_dir, seed, record, manifest, Path(str(config["cache_dir"])).expanduser(),
-                      " ".join(["diffuse distill", f"resume={out_dir.resolve()}", *keep]))
+                      " ".join(["diffuse distill", f"resume={out_dir.resolve()}", *keep]), search)
 
 
 def train_student(job: DistillJob, opts: DistillOptions, k: int, folder: Path, record: dict, loss,
                   train_opts: TrainOptions) -> Path:
     """One student: a training run in `folder` started from the teacher's weights (round k's seed), with `loss`;
-    a finished one (student.json) is kept, an unfinished one continues from its checkpoint exactly."""
-    world, last = job.world, folder / "checkpoints" / LAST
-    if (folder / STUDENT).is_file():
-        log.info("%s: the student is done (%s)", folder.name, last)
-        return last
-    resume = read_resume(last, str(last))[0] if last.is_file() else None
-    torch.manual_seed(job.seed + k)  # dropout of this run
-    student = copy.deepcopy(loss.teacher).requires_grad_(True)
-    model, n = job.teacher.model, min(record["walks"])
-    round_job = TrainJob(
-        world=world, model=DiffusionModel(student, model.objective, model.schedule, model.shape),
-        sampler=checked_sampler(job.config["sampler"], model.schedule, n, tuple(every(record["timesteps"], n)),
-                                "distilled"),
-        data=job.data, optimizer=job.optimizer, device=job.device, out_dir=folder, seed=job.seed + k,
-        config={**job.config, "distill": record}, reference=job.reference, cache_dir=job.cache_dir, resume=resume,
-        resume_command=job.resume_command, loss=loss)
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    last = train(round_job, replace(train_opts, sample_steps=n, eval_steps=n))
-    if world.main:
-        write_atomic(folder / STUDENT, (json.dumps({**record, "checkpoint": str(last),
-                                                    "seconds": round(time.perf_counter() - started, 1)},
-                                                   indent=2) + "\n").encode())
-    world.barrier()
+    a trained one (student.json) is kept, an unfinished one continues from its checkpoint exactly. Then the walks
+    of job.search_walks that student.json does not hold yet are chosen by FID, into its checkpoint
+    (diffuse.student_walks), and added to student.json."""
+    world, last, written = job.world, folder / "checkpoints" / LAST, folder / STUDENT
+    if written.is_file():
+        done = json.loads(written.read_text())
+        missing = [n for n in job.search_walks if str(n) not in done.get("search_walks", {})]
+        if not missing:
+            log.info("%s: the student is done (%s)", folder.name, last)
+            return last
+        log.info("%s: the student is trained; choosing its %s-step walk", folder.name, ", ".join(map(str, missing)))
+    else:
+        resume = read_resume(last, str(last))[0] if last.is_file() else None
+        torch.manual_seed(job.seed + k)  # dropout of this run
+        student = copy.deepcopy(loss.teacher).requires_grad_(True)
+        model, n = job.teacher.model, min(record["walks"])
+        round_job = TrainJob(
+            world=world, model=DiffusionModel(student, model.objective, model.schedule, model.shape),
+            sampler=checked_sampler(job.config["sampler"], model.schedule, n, tuple(every(record["timesteps"], n)),
+                                    "distilled"),
+            data=job.data, optimizer=job.optimizer, device=job.device, out_dir=folder, seed=job.seed + k,
+            config={**job.config, "distill": record}, reference=job.reference, cache_dir=job.cache_dir, resume=resume,
+            resume_command=job.resume_command, loss=loss)
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        last = train(round_job, replace(train_opts, sample_steps=n, eval_steps=n))
+        done = {**record, "checkpoint": str(last), "seconds": round(time.perf_counter() - started, 1)}
+        if world.main:  # written before the search: a distillation stopped in it resumes to the search alone
+            write_atomic(written, (json.dumps(done, indent=2) + "\n").encode())
+        world.barrier()
+        missing = job.search_walks
+    if missing:
+        chosen = search_walks(job, train_opts, missing, opts.search_n, last)
+        if world.main:
+            done["search_walks"] = {**done.get("search_walks", {}), **chosen}
+            write_atomic(written, (json.dumps(done, indent=2) + "\n").encode())
+        world.barrier()
     return last
 
 

@@ -81,13 +81,13 @@ class World:
         torch.distributed.gather(padded, parts, dst=0)
         return torch.cat(parts)[:n] if self.main else None
 
-    def broadcast_int(self, value: int) -> int:
-        """Rank 0's value, on every rank."""
+    def broadcast(self, value: int | float) -> int | float:
+        """Rank 0's value (an int, or a float as float64), on every rank."""
         if not self.active:
             return value
-        tensor = torch.tensor([value], dtype=torch.int64)
+        tensor = torch.tensor([value], dtype=torch.int64 if isinstance(value, int) else torch.float64)
         torch.distributed.broadcast(tensor, src=0)
-        return int(tensor.item())
+        return type(value)(tensor.item())
 
 
 def lost_peer(error: BaseException) -> bool:

@@ -44,3 +44,36 @@ def search_timesteps(loss: Callable[[list[float]], float], ts: list[float], roun
                 if value < best_loss:
                     best, best_loss = trial, value
     return Searched(best, best_loss, start_loss, evaluations)
+
+
+def search_subwalk(loss: Callable[[list[float]], float], ts: list[float], k: int,
+                   rounds: int = 3) -> tuple[Searched, dict[tuple[float, ...], float]]:
+    """The k-step walk through the timesteps of the walk ts (N steps, ending at -1) with the lowest loss, by
+    coordinate search: from every (N/k)-th timestep, each inner timestep in turn takes the best of the timesteps of
+    ts strictly between its neighbours, for `rounds` rounds or until one changes nothing. The first timestep and the
+    final -1 stay (a consistency student's k-step walk, Song et al. 2023, who chose its middle noise level by FID).
+    Returns the best walk and every walk's loss (each scored once)."""
+    n = len(ts) - 1
+    if k < 2 or k >= n or ts[-1] != -1 or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise DiffuseError(f"a {k}-step walk inside a {n}-step walk has no timestep to choose (it needs 2 <= k < {n} "
+                           f"and strictly decreasing timesteps ending at -1)")
+    if rounds < 1:
+        raise DiffuseError(f"rounds must be >= 1, got {rounds}")
+    scores: dict[tuple[float, ...], float] = {}
+
+    def scored(at: list[int]) -> float:
+        walk = tuple(ts[i] for i in at)
+        if walk not in scores:
+            scores[walk] = loss(list(walk))
+        return scores[walk]
+
+    best = [round(j * n / k) for j in range(k + 1)]  # every (N/k)-th where k divides N
+    start_loss = scored(best)
+    for _ in range(rounds):
+        before = list(best)
+        for p in range(1, k):
+            best[p] = min(range(best[p - 1] + 1, best[p + 1]), key=lambda i: scored(best[:p] + [i] + best[p + 1:]))
+        if best == before:
+            break
+    found = [ts[i] for i in best]
+    return Searched(found, scores[tuple(found)], start_loss, len(scores)), scores

@@ -81,8 +81,9 @@ def every(ts: list[float], k: int) -> list[float]:
 
 def student_walk(loaded: LoadedModel, steps: int, sampler_named: bool, schedule_file) -> tuple[float, ...] | None:
     """The walk of a student from `diffuse distill` (its checkpoint's `distill` record): DDIM at every (N/k)-th of
-    the N timesteps it was distilled on, for k = steps=, one of the step counts it records (`walks`; a progressive
-    student: N alone); None for any other checkpoint."""
+    the N timesteps it was distilled on, or through those its record chose for k (`walk_at`, by FID: distill's
+    search_walks), for k = steps=, one of the step counts it records (`walks`; a progressive student: N alone);
+    None for any other checkpoint."""
     record = loaded.config.get("distill")
     if record is None:
         return None
@@ -101,4 +102,16 @@ def student_walk(loaded: LoadedModel, steps: int, sampler_named: bool, schedule_
     if sampler_named or schedule_file is not None:
         raise DiffuseError(f"{where} is a distilled student: it walks DDIM at the timesteps it was distilled for; "
                            f"leave out {'sampler' if sampler_named else 'schedule_file'}")
-    return tuple(every(list(ts), steps))
+    chosen = record.get("walk_at", {})
+    if not isinstance(chosen, dict):
+        raise DiffuseError(f"{where}: damaged distill record in its metadata (walk_at must map step counts to walks, "
+                           f"got {chosen!r})")
+    if str(steps) not in chosen:
+        return tuple(every(list(ts), steps))
+    walk = chosen[str(steps)]
+    key = f"{where}: damaged distill record in its metadata (walk_at[{steps}]"
+    walk = checked_timesteps(walk if isinstance(walk, list) else [walk], steps, loaded.model.schedule.T, key + ")")
+    if walk[0] != ts[0] or not set(walk) <= set(ts):
+        raise DiffuseError(f"{key} must be {steps} of its distilled timesteps from the first, {ts[0]}, then -1; "
+                           f"got {walk})")
+    return tuple(walk)

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, cli_in_process, run_cli, sampler_from_yaml
-from diffuse.checkpoint import load_checkpoint, metadata_config
+from conftest import TINY_TRAIN, cached, cli_in_process, run_cli, sampler_from_yaml
+from diffuse.checkpoint import load_checkpoint, metadata_config, save_checkpoint
 from diffuse.consistency import ConsistencyLoss, Curriculum, pseudo_huber
 from diffuse.denoiser import DiffusionModel, ModelDenoiser
 from diffuse.objectives.ddpm import DDPM
@@ -186,3 +186,56 @@ def test_a_curriculum_distillation_trains_its_short_walks_first_and_records_them
     with_, without = load_checkpoint(folder)[0], load_checkpoint(consistency_run / "c" / "consistency")[0]
     assert sorted(with_) == sorted(without) and any(not torch.equal(with_[k], without[k]) for k in with_)
     cli_in_process("sample", f"ckpt={folder}", "steps=2", "n=2", "hydra.run.dir=s2", cwd=tmp_path)
+
+
+def test_a_searched_walk_is_chosen_by_fid_recorded_in_the_checkpoint_and_walked_by_sample(consistency_run, eval_cache,
+                                                                                        tmp_path):
+    """search_walks=auto (MNIST has labels: [2]) over a 4-step walk: after training, the 3 possible 2-step walks
+    (turning at each inner timestep) are scored by FID against the training split; the lowest is written into the
+    student's checkpoint, which `diffuse sample steps=2` then walks (as any valid walk_at it holds), while steps=1
+    and 4 walk as before. A damaged walk_at is refused. A distillation stopped in the search resumes to the search
+    alone (no training step), and may change search_n to do so."""
+    args = [a for a in DISTILL[:-1] if not a.startswith("search_walks")]
+    proc = cli_in_process("distill", "ckpt=teacher", *args, "search_walks=auto", "search_n=8", "hydra.run.dir=sw",
+                          cwd=consistency_run, env=cached(eval_cache))
+    assert "search_walks: the 2-step walk goes through" in proc.stdout + proc.stderr
+    folder, walk = consistency_run / "sw" / "consistency", linear().timesteps(4, "trailing")
+    student = json.loads((folder / "student.json").read_text())
+    searched = student["search_walks"]["2"]
+    assert list(student["search_walks"]) == ["2"] and (searched["n"], searched["seed"]) == (8, 1)
+    fids = {tuple(c["timesteps"]): c["fid"] for c in searched["fid_of"]}
+    assert sorted(fids) == sorted((walk[0], t, -1) for t in walk[1:-1])  # every turn, each scored once
+    best = min(fids, key=fids.get)
+    assert tuple(searched["timesteps"]) == best and searched["fid"] == fids[best] == min(fids.values())
+    assert searched["start_fid"] == fids[(walk[0], walk[2], -1)]
+    tensors, metadata = load_checkpoint(folder)
+    record = metadata_config(metadata)["distill"]
+    assert record["walk_at"] == {"2": list(best)} and record["walks"] == [1, 2, 4]
+    for k, expected in ((2, list(best)), (1, walk[::4]), (4, walk)):
+        cli_in_process("sample", f"ckpt={folder}", f"steps={k}", "n=2", f"hydra.run.dir=s{k}", cwd=tmp_path)
+        assert json.loads((tmp_path / f"s{k}" / "sampling.json").read_text())["timesteps"] == expected, k
+    config = metadata_config(metadata)
+    for turn in walk[1:-1]:  # whichever turn the search found, sample walks the one walk_at holds
+        config["distill"]["walk_at"] = {"2": [walk[0], turn, -1]}
+        save_checkpoint([tmp_path / "turn.safetensors"], tensors, {**metadata, "config": json.dumps(config)})
+        cli_in_process("sample", f"ckpt={tmp_path / 'turn.safetensors'}", "steps=2", "n=2", "hydra.run.dir=turn",
+                       cwd=tmp_path)
+        assert json.loads((tmp_path / "turn" / "sampling.json").read_text())["timesteps"] == [walk[0], turn, -1]
+    for damaged, expected in (([walk[0], 123.0, -1], "walk_at[2] must be 2 of its distilled timesteps from the first"),
+                              ([walk[0], -1], "walk_at[2]): its timesteps must be 2 strictly decreasing values")):
+        config["distill"]["walk_at"] = {"2": damaged}  # not a timestep it was distilled on; one step
+        save_checkpoint([tmp_path / "damaged.safetensors"], tensors, {**metadata, "config": json.dumps(config)})
+        proc = cli_in_process("sample", f"ckpt={tmp_path / 'damaged.safetensors'}", "steps=2", "n=2",
+                              "hydra.run.dir=bad", cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and "damaged distill record in its metadata (" in proc.stderr, proc.stderr
+        assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    del student["search_walks"]  # as if stopped in the search, after the student's last step
+    (folder / "student.json").write_text(json.dumps(student))
+    proc = cli_in_process("distill", "ckpt=teacher", *args, "search_walks=[2]", "search_n=6",
+                          f"resume={consistency_run / 'sw'}", cwd=consistency_run, env=cached(eval_cache))
+    assert "consistency: the student is trained; choosing its 2-step walk" in proc.stdout + proc.stderr
+    assert "  loss " not in proc.stdout + proc.stderr  # no training step
+    again = json.loads((folder / "student.json").read_text())["search_walks"]["2"]
+    assert again["n"] == 6 and len(again["fid_of"]) == 3
+    assert load_checkpoint(folder)[1]["step"] == metadata["step"] == "3"
+    assert json.loads((consistency_run / "sw" / "distill.json").read_text())["search_n"] == 6

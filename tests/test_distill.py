@@ -93,7 +93,8 @@ def test_a_walk_that_cannot_be_halved_is_refused(walk):
 
 
 DISTILL = ("teacher_steps=4", "student_steps=1", "train.steps=3", "train.max_minutes=0", "train.batch_size=8",
-           "train.precision=fp32", "train.lr_decay=none", "train.ckpt_every=1", "train.log_every=1", "method=progressive")
+           "train.precision=fp32", "train.lr_decay=none", "train.ckpt_every=1", "train.log_every=1", "search_walks=[]",
+           "method=progressive")
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,16 @@ def test_a_student_refuses_other_step_counts_and_samplers(distilled, tmp_path, a
     (("ckpt=teacher", "teacher_steps=4", "teacher_steps_start=4"), "teacher_steps_start=4 must be teacher_steps=4"),
     (("ckpt=teacher", "method=progressive", "teacher_steps_start=2"),
      "teacher_steps_start=2 is consistency distillation's curriculum; method=progressive halves its walk in rounds"),
+    (("ckpt=teacher", "teacher_steps=4", "search_walks=[1]"),
+     "search_walks=[1]: 1 is not a step count with a timestep to choose; allowed: 2"),
+    (("ckpt=teacher", "teacher_steps=4", "search_walks=[4]"), "search_walks=[4]: 4 is not a step count with a"),
+    (("ckpt=teacher", "teacher_steps=8", "search_walks=[2,3]"),
+     "search_walks=[2, 3]: 3 is not a step count with a timestep to choose; allowed: 2, 4"),
+    (("ckpt=teacher", "search_walks=abc"), "search_walks='abc' must be a list of step counts, e.g. [2] or [2,4], or auto"),
+    (("ckpt=teacher", "teacher_steps=4", "method=progressive", "search_walks=[2]"),
+     "search_walks=[2] chooses the walks of a consistency student; method=progressive's students walk"),
+    (("ckpt=teacher", "teacher_steps=4", "search_walks=[2]", "search_n=1"),
+     "search_n=1 must be an integer >= 2 (images per walk the search scores)"),
     (("ckpt=d/steps_2",), "is itself a distilled student; distil its teacher"),
     (("ckpt=teacher", "teacher_steps=8", "method=progressive", "resume=d"),
      "resume=d: that distillation was made with teacher_steps=4"),

@@ -4,6 +4,7 @@ TensorBoard events, resume=auto and the requeue hook of a cluster."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import DATA_ROOT, TINY_TRAIN, run_cli
-from diffuse.checkpoint import read_metadata
+from diffuse.checkpoint import metadata_config, read_metadata
+from test_distill import DISTILL
 
 EXACT = (*TINY_TRAIN, "train.precision=fp32", "train.sample_every=0", "train.batch_size=8")
 
@@ -88,6 +90,25 @@ def test_eval_under_torchrun_scores_the_images_of_one_process(two_ranks, eval_ca
     torchrun(*args, "hydra.run.dir=e2", cwd=tmp_path, env={"DIFFUSE_CACHE": str(eval_cache)})
     one, two = (json.loads((tmp_path / d / "metrics.json").read_text())["metrics"] for d in ("e1", "e2"))
     assert one == two
+
+
+def test_a_students_walk_search_under_torchrun_is_that_of_one_process(two_ranks, eval_cache, tmp_path):
+    """A trained consistency student (search_walks=[]) resumed with search_walks=[2], in one process and under
+    torchrun (each rank draws its share of every walk's images, rank 0 scores them, and all follow its scores):
+    the same FID for every candidate walk, the same walk chosen and written into the checkpoint."""
+    args = ("distill", f"ckpt={the_run(two_ranks)}", *DISTILL[:-2], "train.sample_every=0")  # the default: consistency
+    cache = {"DIFFUSE_CACHE": str(eval_cache)}
+    run_cli(*args, "search_walks=[]", "hydra.run.dir=one", cwd=tmp_path, env={**cache, "OMP_NUM_THREADS": "1"})
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    search = ("search_walks=[2]", "search_n=10")
+    run_cli(*args, *search, f"resume={tmp_path / 'one'}", cwd=tmp_path, env={**cache, "OMP_NUM_THREADS": "1"})
+    torchrun(*args, *search, f"resume={tmp_path / 'two'}", cwd=tmp_path, env=cache)
+    one, two = (json.loads((tmp_path / d / "consistency" / "student.json").read_text())["search_walks"]["2"]
+                for d in ("one", "two"))
+    assert len(one["fid_of"]) == 3 and one["fid_of"] == two["fid_of"] and one["timesteps"] == two["timesteps"]
+    walks = [metadata_config(read_metadata(tmp_path / d / "consistency" / "checkpoints" / "last.safetensors"))
+             ["distill"]["walk_at"] for d in ("one", "two")]
+    assert walks[0] == walks[1] == {"2": one["timesteps"]}
 
 
 def test_bad_input_under_torchrun_is_refused_on_every_rank(tmp_path, data_root):

@@ -14,7 +14,7 @@ from conftest import TINY_TRAIN, cli_in_process, run_cli, sampler_from_yaml
 from diffuse import DiffuseError
 from diffuse.schedule import SPACINGS
 from diffuse.schedules.linear import linear
-from diffuse.step_search import search_timesteps
+from diffuse.step_search import search_subwalk, search_timesteps
 from exact import GaussianMixture, ode_w1
 
 MIXTURE = GaussianMixture(weights=[0.3, 0.7], means=[-0.6, 0.5], stds=[0.15, 0.25])
@@ -37,6 +37,30 @@ def test_the_search_lowers_its_loss_and_keeps_the_walk_valid():
 def test_the_search_refuses_walks_it_cannot_tune(ts, rounds):
     with pytest.raises(DiffuseError):
         search_timesteps(lambda t: 0.0, ts, rounds=rounds)
+
+
+def test_the_subwalk_search_finds_the_best_walk_through_given_timesteps_and_scores_each_once():
+    """The 2-step walk through an 8-step walk whose loss prefers the turn at 749 (not every 4th timestep, 499): found
+    among its 7 candidates, each scored once; a 3-step walk through a 6-step walk whose loss prefers turns at 874
+    and 374 (both away from every 2nd timestep): found, from the walk's first timestep to -1, each walk scored
+    once. k = 1 and k = N have no timestep to choose."""
+    ts = [999.0, 874.0, 749.0, 624.0, 499.0, 374.0, 249.0, 124.0, -1]
+    calls = []
+
+    def loss(walk):
+        calls.append(tuple(walk))
+        assert walk[0] == 999 and walk[-1] == -1 and all(a > b for a, b in zip(walk, walk[1:])) and set(walk) <= set(ts)
+        return sum((a - b) ** 2 for a, b in zip(walk[1:-1], [874.0, 374.0] if len(walk) == 4 else [749.0]))
+
+    two, scores = search_subwalk(loss, ts, 2)
+    assert two.timesteps == [999.0, 749.0, -1] and two.loss == 0 and two.start_loss == 250.0 ** 2
+    assert two.evaluations == len(scores) == len(calls) == 7 and len(set(calls)) == len(calls)
+    calls.clear()
+    three, scores = search_subwalk(loss, [999.0, 874.0, 749.0, 624.0, 499.0, 374.0, -1], 3)
+    assert three.timesteps == [999.0, 874.0, 374.0, -1] and three.loss == 0 and len(set(calls)) == len(calls)
+    for k in (1, 6):
+        with pytest.raises(DiffuseError, match="has no timestep to choose"):
+            search_subwalk(loss, [999.0, 874.0, 749.0, 624.0, 499.0, 374.0, -1], k)
 
 
 def test_a_tuned_five_step_walk_is_closer_to_the_data_than_every_spacing():

@@ -1,0 +1,71 @@
+"""`diffuse distill search_walks=[2]`: the timesteps a consistency student's k-step walk takes, chosen among those it
+was distilled on by the classifier FID of its images against the training split (step_search.search_subwalk), and
+written into its checkpoint (`walk_at` in its distill record), which `diffuse sample` then walks at k steps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from diffuse.checkpoint import load_checkpoint, load_model, metadata_config, save_checkpoint
+from diffuse.features.classifier import classifier_extractor
+from diffuse.features.reference import reference_features
+from diffuse.generate import generate
+from diffuse.metrics import frechet_distance, gaussian_stats
+from diffuse.precision import resolve as resolve_precision
+from diffuse.sampler_choice import checked_sampler
+from diffuse.step_search import search_subwalk
+from diffuse.train import TrainOptions
+
+log = logging.getLogger(__name__)
+
+SEED = 1  # the searched images' noises: not diffuse sample's and eval's default seed (0), which score the walk after
+BATCH = 500  # images per sampler batch
+
+
+def search_walks(job, train_opts: TrainOptions, walks: list[int], n: int, checkpoint: Path) -> dict[str, dict]:
+    """For each k in `walks`: the k-step walk of the student at `checkpoint` (EMA weights) through its distilled
+    timesteps whose n images (drawn as train.eval_every draws them: train.precision, train.clip_x0) have the lowest
+    FID against the training split (the domain classifier's features). Under torchrun every rank draws its share of
+    each walk's images and rank 0 scores them (all ranks follow its scores). Rank 0 adds the walks to the
+    checkpoint's distill record (walk_at {k: timesteps}); returns {k: {timesteps, fid, start_fid, fid_of, ...}}."""
+    world = job.world
+    loaded = load_model(checkpoint, "ema")
+    model, record = loaded.model, loaded.config["distill"]
+    network = model.network.to(job.device).eval()
+    classes = list(range(network.num_classes)) if network.conditional else None
+    if world.main:  # the classifier (trained once per data set, then cached) and the training split's statistics
+        extractor = classifier_extractor(job.reference("train"), job.reference("test"), job.cache_dir, job.device)
+        reference = reference_features(job.reference("train"), "train", extractor, job.cache_dir)
+    precision = resolve_precision(train_opts.precision, job.device)
+    found: dict[str, dict] = {}
+    for k in walks:
+        generation = train_opts.generation(n, k, min(n, BATCH), SEED, precision)
+
+        def fid(walk: list[float]) -> float:
+            sampler = checked_sampler(job.config["sampler"], model.schedule, k, tuple(walk), "distilled")
+            drawn = generate(model, sampler, generation, job.device, classes, world=world)
+            value = frechet_distance(gaussian_stats(extractor(drawn.images)[0]), reference.stats) if world.main else 0.0
+            value = world.broadcast(float(value))  # every rank takes rank 0's score, so all search alike
+            log.info("search_walks: %d steps through %s: FID %.3f (%d images, against the training split)", k,
+                     [round(t, 1) for t in walk[:-1]], value, n)
+            return value
+
+        t0 = time.perf_counter()
+        searched, scores = search_subwalk(fid, record["timesteps"], k)
+        found[str(k)] = {"timesteps": searched.timesteps, "fid": searched.loss, "start_fid": searched.start_loss,
+                         "n": n, "seed": SEED, "precision": precision, "seconds": round(time.perf_counter() - t0, 1),
+                         "fid_of": [{"timesteps": list(w), "fid": v} for w, v in scores.items()]}
+        log.info("search_walks: the %d-step walk goes through %s (FID %.3f; every (N/k)-th: %.3f)", k,
+                 [round(t, 1) for t in searched.timesteps[:-1]], searched.loss, searched.start_loss)
+    if world.main:
+        tensors, metadata = load_checkpoint(checkpoint)
+        config = metadata_config(metadata)
+        config["distill"]["walk_at"] = {**config["distill"].get("walk_at", {}),
+                                        **{k: v["timesteps"] for k, v in found.items()}}
+        metadata["config"] = json.dumps(config, sort_keys=True)
+        save_checkpoint([checkpoint], tensors, metadata)
+    world.barrier()
+    return found
