@@ -70,20 +70,22 @@ def main() -> None:
                                 ["sampler=ddim", f"sampler.spacing={setup['spacing']}"])})
     for s in students:  # a progressive student walks its own steps; a consistency student each count it records
         for k in [k for k in s.get("walks", [s["steps"]]) if k <= 8]:
+            searched = s.get("search_walks", {}).get(str(k))  # a walk chosen by FID (distill's search_walks)
             rows.append({"model": f"{s['method']} student (round {s['round']}, {s['seconds']} s)",
-                         "walk": "ddim (distilled)", "steps": k,
+                         "walk": f"ddim (searched: {searched['timesteps'][:-1]})" if searched else "ddim (distilled)",
+                         "steps": k,
                          **evaluate(args, f"eval_student_{s['folder'].name}_{k}", s["folder"], k, [])})
     converged = rows[0]["fid"]
     for r in rows:
         r["x_converged"] = round(r["fid"] / converged, 2)
-    seconds = sum(s["seconds"] for s in students)
+    seconds = sum(s["seconds"] + sum(w["seconds"] for w in s.get("search_walks", {}).values()) for s in students)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python"] + sys.argv),
             "machine": f"{platform.processor() or platform.machine()}; {platform.platform()}",
             "distill": {k: setup[k] for k in ("method", "teacher_steps", "student_steps", "spacing", "teacher")},
             "distill_seconds": round(seconds, 1)}
     (args.out / "distill.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [f"Distillation of {args.ckpt} ({meta['distill']['method']}, {setup['teacher_steps']} -> "
-             f"{setup['student_steps']} steps, {seconds:.0f} s in its rounds), classifier FID at n={args.n} "
+             f"{setup['student_steps']} steps, {seconds:.0f} s in its rounds and walk searches), classifier FID at n={args.n} "
              f"({meta['date']}; `{meta['command']}`)", "",
              "| model | walk | steps = NFE | FID | x converged | KID x1e3 | precision | recall |",
              "|---|---|---|---|---|---|---|---|"]

@@ -105,7 +105,7 @@ class DistillOptions:
         if bad:
             raise DiffuseError(f"search_walks={list(given)}: {bad[0]} is not a step count with a timestep to choose; "
                                f"allowed: {', '.join(map(str, choosable)) or 'none'}")
-        if given and (not is_int(self.search_n) or self.search_n < 2):
+        if not is_int(self.search_n) or self.search_n < 2:
             raise DiffuseError(f"search_n={self.search_n!r} must be an integer >= 2 (images per walk the search scores)")
         if given and not labelled:
             raise DiffuseError(f"search_walks={list(given)} scores walks with the data set's domain classifier, and "
@@ -197,9 +197,18 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
                            f"{list(teacher.model.shape)}")
     seed = check_seed(config["seed"])
     search = opts.checked_search(data)
-    if opts.search_walks == "auto" and opts.method == "consistency" and data.num_classes < 2:
-        log.info("search_walks=auto: %s has no class labels for the classifier that scores walks, so the student "
-                 "walks every (N/k)-th of its timesteps", data.name)
+    if search:  # the classifier that scores the walks is trained on the train split and checked on the test split
+        try:
+            dataset_builder(node, {"train": data})("test")
+        except DiffuseError as e:
+            if opts.search_walks != "auto":
+                raise DiffuseError(f"search_walks={search} scores walks with a classifier checked on the data set's "
+                                   f"test split, and the teacher's data set {data.name!r} has none to read here "
+                                   f"({str(e).split(':')[0]}): use search_walks=[]") from None
+            search = []
+    if opts.search_walks == "auto" and opts.checked_search() and not search:
+        log.info("search_walks=auto: %s has no class labels or no test split for the classifier that scores walks, so "
+                 "the student walks every (N/k)-th of its timesteps", data.name)
     manifest = {"format": FORMAT, **{k: v for k, v in asdict(opts).items() if k != "train"}, "search_walks": search,
                 "seed": seed, "teacher_sha256": sha256(teacher.path), "teacher_weights": teacher.weights,
                 "teacher": str(teacher.path), "teacher_timesteps": teacher_ts}
@@ -247,6 +256,7 @@ def train_student(job: DistillJob, opts: DistillOptions, k: int, folder: Path, r
         folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         last = train(round_job, replace(train_opts, sample_steps=n, eval_steps=n))
+        del round_job, student  # the device's memory, for the search
         done = {**record, "checkpoint": str(last), "seconds": round(time.perf_counter() - started, 1)}
         if world.main:  # written before the search: a distillation stopped in it resumes to the search alone
             write_atomic(written, (json.dumps(done, indent=2) + "\n").encode())

@@ -95,8 +95,8 @@ def evaluate(job, opts: EvalOptions) -> Path:
         record.update(checkpoint=str(job.loaded.path), checkpoint_step=job.loaded.step, sampler=job.sampler.name,
                       settings={**job.sampler.settings, "spacing": job.sampler.spacing},
                       spacing=job.sampler.spacing_for(job.loaded.model.schedule, opts.steps), steps=opts.steps,
-                      nfe=drawn.nfe_per_image, precision=drawn.precision, generate_seconds=round(drawn.seconds, 2),
-                      start=start_record(job.images, drawn.timesteps))
+                      timesteps=drawn.timesteps, nfe=drawn.nfe_per_image, precision=drawn.precision,
+                      generate_seconds=round(drawn.seconds, 2), start=start_record(job.images, drawn.timesteps))
         if "distill" in job.loaded.config:  # a student: which method made it (diffuse report keeps them apart)
             record["student"] = job.loaded.config["distill"].get("method")
         source = f"ckpt {job.loaded.path}"

@@ -6,60 +6,50 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from pathlib import Path
 
 from diffuse.checkpoint import load_checkpoint, load_model, metadata_config, save_checkpoint
 from diffuse.features.classifier import classifier_extractor
 from diffuse.features.reference import reference_features
-from diffuse.generate import generate
+from diffuse.generate import GenerationOptions, generate
 from diffuse.metrics import frechet_distance, gaussian_stats
 from diffuse.precision import resolve as resolve_precision
 from diffuse.sampler_choice import checked_sampler
 from diffuse.step_search import search_subwalk
+from diffuse.stop import StopRequest, TrainingInterrupted
 from diffuse.train import TrainOptions
 
 log = logging.getLogger(__name__)
 
 SEED = 1  # the searched images' noises: not diffuse sample's and eval's default seed (0), which score the walk after
-BATCH = 500  # images per sampler batch
 
 
 def search_walks(job, train_opts: TrainOptions, walks: list[int], n: int, checkpoint: Path) -> dict[str, dict]:
     """For each k in `walks`: the k-step walk of the student at `checkpoint` (EMA weights) through its distilled
-    timesteps whose n images (drawn as train.eval_every draws them: train.precision, train.clip_x0) have the lowest
-    FID against the training split (the domain classifier's features). Under torchrun every rank draws its share of
-    each walk's images and rank 0 scores them (all ranks follow its scores). Rank 0 adds the walks to the
-    checkpoint's distill record (walk_at {k: timesteps}); returns {k: {timesteps, fid, start_fid, fid_of, ...}}."""
+    timesteps whose n images (drawn as train.eval_every draws them: train.precision, train.clip_x0,
+    train.eval_batch_size) have the lowest FID against the training split (the domain classifier's features). Under
+    torchrun every rank draws its share of each walk's images and rank 0 scores them (all ranks follow its scores).
+    A stop signal ends the search after the walk being scored (TrainingInterrupted, naming the resume command).
+    Rank 0 adds the walks to the checkpoint's distill record (walk_at {k: timesteps}); returns
+    {k: {timesteps, fid, start_fid, fid_of, ...}}."""
     world = job.world
     loaded = load_model(checkpoint, "ema")
     model, record = loaded.model, loaded.config["distill"]
     network = model.network.to(job.device).eval()
     classes = list(range(network.num_classes)) if network.conditional else None
+    extractor = reference = None
     if world.main:  # the classifier (trained once per data set, then cached) and the training split's statistics
         extractor = classifier_extractor(job.reference("train"), job.reference("test"), job.cache_dir, job.device)
         reference = reference_features(job.reference("train"), "train", extractor, job.cache_dir)
     precision = resolve_precision(train_opts.precision, job.device)
     found: dict[str, dict] = {}
-    for k in walks:
-        generation = train_opts.generation(n, k, min(n, BATCH), SEED, precision)
-
-        def fid(walk: list[float]) -> float:
-            sampler = checked_sampler(job.config["sampler"], model.schedule, k, tuple(walk), "distilled")
-            drawn = generate(model, sampler, generation, job.device, classes, world=world)
-            value = frechet_distance(gaussian_stats(extractor(drawn.images)[0]), reference.stats) if world.main else 0.0
-            value = world.broadcast(float(value))  # every rank takes rank 0's score, so all search alike
-            log.info("search_walks: %d steps through %s: FID %.3f (%d images, against the training split)", k,
-                     [round(t, 1) for t in walk[:-1]], value, n)
-            return value
-
-        t0 = time.perf_counter()
-        searched, scores = search_subwalk(fid, record["timesteps"], k)
-        found[str(k)] = {"timesteps": searched.timesteps, "fid": searched.loss, "start_fid": searched.start_loss,
-                         "n": n, "seed": SEED, "precision": precision, "seconds": round(time.perf_counter() - t0, 1),
-                         "fid_of": [{"timesteps": list(w), "fid": v} for w, v in scores.items()]}
-        log.info("search_walks: the %d-step walk goes through %s (FID %.3f; every (N/k)-th: %.3f)", k,
-                 [round(t, 1) for t in searched.timesteps[:-1]], searched.loss, searched.start_loss)
+    with StopRequest() as stop:
+        for k in walks:
+            generation = train_opts.generation(n, k, min(n, train_opts.eval_batch_size), SEED, precision)
+            found[str(k)] = search_walk(job, model, record["timesteps"], k, generation, classes, extractor, reference,
+                                        stop)
     if world.main:
         tensors, metadata = load_checkpoint(checkpoint)
         config = metadata_config(metadata)
@@ -69,3 +59,33 @@ def search_walks(job, train_opts: TrainOptions, walks: list[int], n: int, checkp
         save_checkpoint([checkpoint], tensors, metadata)
     world.barrier()
     return found
+
+
+def search_walk(job, model, ts: list[float], k: int, generation: GenerationOptions, classes: list[int] | None,
+                extractor, reference, stop: StopRequest) -> dict:
+    """The k-step walk through the walk ts whose generation.n images have the lowest FID (rank 0's extractor and
+    reference statistics; the other ranks draw their share and take rank 0's scores), as search_walks records it."""
+    world = job.world
+
+    def fid(walk: list[float]) -> float:
+        sampler = checked_sampler(job.config["sampler"], model.schedule, k, tuple(walk), "distilled")
+        drawn = generate(model, sampler, generation, job.device, classes, world=world)
+        value = frechet_distance(gaussian_stats(extractor(drawn.images)[0]), reference.stats) if world.main else 0.0
+        value = world.broadcast(float(value))  # every rank takes rank 0's score, so all search alike
+        log.info("search_walks: %d steps through %s: FID %.3f (%d images, against the training split)", k,
+                 [round(t, 1) for t in walk[:-1]], value, generation.n)
+        if world.any(stop.signal is not None)[0]:
+            if stop.then_requeue is not None:  # e.g. submitit's requeue: the student's checkpoint is on disk
+                stop.then_requeue(stop.signal, None)
+            raise TrainingInterrupted(f"stopped by {signal.Signals(stop.signal or signal.SIGTERM).name} in the walk "
+                                      f"search (the student is trained). Resume with: {job.resume_command}")
+        return value
+
+    t0 = time.perf_counter()
+    searched, scores = search_subwalk(fid, ts, k)
+    log.info("search_walks: the %d-step walk goes through %s (FID %.3f; every (N/k)-th: %.3f)", k,
+             [round(t, 1) for t in searched.timesteps[:-1]], searched.loss, searched.start_loss)
+    return {"timesteps": searched.timesteps, "fid": searched.loss, "start_fid": searched.start_loss,
+            "n": generation.n, "seed": generation.seed, "precision": generation.precision,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "fid_of": [{"timesteps": list(w), "fid": v} for w, v in scores.items()]}

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -126,6 +127,7 @@ def test_distill_writes_students_that_sample_and_evaluate_as_checkpoints(distill
             "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
     scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert scores["nfe"] == 1 and math.isfinite(scores["metrics"]["fid"])
+    assert scores["timesteps"] == halve(halve(walk))  # the walk the student took
     rows, _ = collect(tmp_path / "ev")  # diffuse report: the students' line is apart from the teacher's DDIM
     assert [(r["sampler"], r["spacing"], r["nfe"]) for r in rows] == [("ddim", "distilled (progressive)", 1)]
 
@@ -173,6 +175,31 @@ def test_distill_refuses_bad_input_in_one_line(distilled, args, expected):
     proc = cli_in_process("distill", *args, "train.steps=1", "hydra.run.dir=refused", cwd=distilled, check=False)
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (distilled / "refused" / "distill.json").exists()
+
+
+def distill_options(*overrides: str):
+    """DistillOptions as `diffuse distill OVERRIDES` builds them from conf/distill.yaml."""
+    from hydra import compose, initialize_config_module
+
+    from diffuse.config import options
+    from diffuse.distill import DistillOptions
+
+    with initialize_config_module(config_module="diffuse.conf", version_base="1.3"):
+        return options(DistillOptions, compose(config_name="distill", overrides=list(overrides)), "", strict=False)
+
+
+def test_search_walks_auto_searches_two_steps_only_where_a_classifier_can_score_them():
+    """auto: [2] for a consistency student that walks 2 steps of a longer walk on a data set with class labels; []
+    for a progressive one, a student of 4 or more steps, or a data set without labels (where a list is refused)."""
+    labelled, unlabelled = SimpleNamespace(num_classes=10, name="mnist"), SimpleNamespace(num_classes=0, name="faces")
+    assert distill_options().checked_search(labelled) == [2] and distill_options().checked_search(unlabelled) == []
+    assert distill_options("teacher_steps=2").checked_search(labelled) == []  # nothing to choose
+    for other in ("method=progressive", "student_steps=4", "search_walks=[]"):
+        assert distill_options(other).checked_search(labelled) == [], other
+    assert distill_options("search_walks=[4,2,4]").checked_search(labelled) == [2, 4]
+    with pytest.raises(DiffuseError, match=r"search_walks=\[4, 2\] scores walks with the data set's domain "
+                                           r"classifier, and 'faces' has no class labels: use search_walks=\[\]"):
+        distill_options("search_walks=[4,2]").checked_search(unlabelled)
 
 
 def test_a_folder_written_before_teacher_solver_resumes_as_ddim(distilled, tmp_path):

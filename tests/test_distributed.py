@@ -111,6 +111,23 @@ def test_a_students_walk_search_under_torchrun_is_that_of_one_process(two_ranks,
     assert walks[0] == walks[1] == {"2": one["timesteps"]}
 
 
+BROADCAST = """
+from diffuse import distributed
+world = distributed.start()
+print(f"rank {world.rank} of {world.size}: {world.broadcast(0.25 + world.rank)!r} {world.broadcast(7 + world.rank)!r}")
+distributed.stop(world)
+"""
+
+
+def test_every_rank_takes_rank_0s_value_int_or_float(tmp_path):
+    (tmp_path / "broadcast.py").write_text(BROADCAST)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "broadcast.py"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("rank ")) == \
+        ["rank 0 of 2: 0.25 7", "rank 1 of 2: 0.25 7"]
+
+
 def test_bad_input_under_torchrun_is_refused_on_every_rank(tmp_path, data_root):
     proc = torchrun("train", *EXACT, "train.batch_size=7", cwd=tmp_path, check=False)
     assert proc.returncode != 0
