@@ -106,7 +106,8 @@ class DistillOptions:
             raise DiffuseError(f"search_walks={list(given)}: {bad[0]} is not a step count with a timestep to choose; "
                                f"allowed: {', '.join(map(str, choosable)) or 'none'}")
         if not is_int(self.search_n) or self.search_n < 2:
-            raise DiffuseError(f"search_n={self.search_n!r} must be an integer >= 2 (images per walk the search scores)")
+            raise DiffuseError(f"search_n={self.search_n!r} must be an integer >= 2 (images per walk the search "
+                               f"scores)")
         if given and not labelled:
             raise DiffuseError(f"search_walks={list(given)} scores walks with the data set's domain classifier, and "
                                f"{data.name!r} has no class labels: use search_walks=[]")

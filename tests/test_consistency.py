@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN, cached, cli_in_process, run_cli, sampler_from_yaml
-from diffuse.checkpoint import load_checkpoint, metadata_config, save_checkpoint
+from diffuse.checkpoint import load_checkpoint, load_model, metadata_config, save_checkpoint
 from diffuse.consistency import ConsistencyLoss, Curriculum, pseudo_huber
 from diffuse.denoiser import DiffusionModel, ModelDenoiser
 from diffuse.objectives.ddpm import DDPM
@@ -239,3 +239,41 @@ def test_a_searched_walk_is_chosen_by_fid_recorded_in_the_checkpoint_and_walked_
     assert again["n"] == 6 and len(again["fid_of"]) == 3
     assert load_checkpoint(folder)[1]["step"] == metadata["step"] == "3"
     assert json.loads((consistency_run / "sw" / "distill.json").read_text())["search_n"] == 6
+
+
+def test_a_stop_signal_ends_the_walk_search_after_the_walk_being_scored(consistency_run):
+    """A signal received during the search (the StopRequest's flag set): the walk being scored finishes, then the
+    search stops with the resume command, scoring no other walk."""
+    import signal
+    import types
+
+    from diffuse.distill import ddim_node
+    from diffuse.distributed import World
+    from diffuse.generate import GenerationOptions
+    from diffuse.metrics import gaussian_stats
+    from diffuse.stop import StopRequest, TrainingInterrupted
+    from diffuse.student_walks import search_walk
+
+    loaded = load_model(consistency_run / "c" / "consistency", "ema")
+    job = types.SimpleNamespace(world=World(), config={"sampler": ddim_node()}, device=torch.device("cpu"),
+                                resume_command="diffuse distill resume=THERE")
+    scored = []
+
+    def extractor(images):  # (n,H,W,C) uint8 -> (n,D): the images' own pixels stand in for the classifier's features
+        scored.append(len(images))
+        return torch.from_numpy(images).reshape(len(images), -1)[:, :16].double(), None
+
+    noise = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    reference = types.SimpleNamespace(stats=gaussian_stats(noise))
+    generation = GenerationOptions(n=6, batch_size=6, steps=2, seed=1, precision="fp32", clip_x0=True,
+                                   dynamic_threshold=0.0, guidance=1.0, guidance_rescale=0.0)
+    ts = loaded.config["distill"]["timesteps"]
+    found = search_walk(job, loaded.model, ts, 2, generation, None, extractor, reference, StopRequest())
+    assert len(found["fid_of"]) == 3 and scored == [6, 6, 6]  # no signal: every turn scored
+    stop, scored[:] = StopRequest(), []
+    stop.signal = signal.SIGTERM
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM in the walk search \(the student is trained\)\. "
+                                                  r"Resume with: diffuse distill resume=THERE"):
+        search_walk(job, loaded.model, ts, 2, generation, None, extractor, reference, stop)
+    assert scored == [6]
+
