@@ -28,10 +28,10 @@ from diffuse.progressive import TEACHER_STEPS, ProgressiveLoss, halve
 from diffuse.run import Context, TrainJob, dataset_builder
 from diffuse.sampler_choice import checked_sampler
 from diffuse.schedule import SPACINGS
-from diffuse.student_walks import search_walks
+from diffuse.student_walks import search_counts, search_walks, searchable
 from diffuse.train import TrainOptions, train
 from diffuse.train_state import read_resume
-from diffuse.validate import is_int, seed as check_seed
+from diffuse.validate import seed as check_seed
 from diffuse.walk_file import every
 
 log = logging.getLogger(__name__)
@@ -88,30 +88,8 @@ class DistillOptions:
         self.checked_search()
 
     def checked_search(self, data: ImageData | None = None) -> list[int]:
-        """search_walks resolved for the teacher's data set (None: not known yet): auto is [2] for a consistency
-        student that walks 2 steps (fewer than its teacher's walk) on a data set with class labels (the classifier
-        that scores the walks needs them), else []."""
-        given, walks = self.search_walks, self.walks
-        labelled = data is None or data.num_classes >= 2
-        if given == "auto":
-            given = [2] if self.method == "consistency" and 2 in walks and 2 < self.teacher_steps and labelled else []
-        if not isinstance(given, (list, tuple)) or not all(is_int(k) for k in given):
-            raise DiffuseError(f"search_walks={given!r} must be a list of step counts, e.g. [2] or [2,4], or auto")
-        if given and self.method != "consistency":
-            raise DiffuseError(f"search_walks={list(given)} chooses the walks of a consistency student; "
-                               f"method={self.method}'s students walk their round's timesteps: leave it auto or []")
-        choosable = [k for k in walks if k not in (1, self.teacher_steps)]
-        bad = [k for k in given if k not in choosable]
-        if bad:
-            raise DiffuseError(f"search_walks={list(given)}: {bad[0]} is not a step count with a timestep to choose; "
-                               f"allowed: {', '.join(map(str, choosable)) or 'none'}")
-        if not is_int(self.search_n) or self.search_n < 2:
-            raise DiffuseError(f"search_n={self.search_n!r} must be an integer >= 2 (images per walk the search "
-                               f"scores)")
-        if given and not labelled:
-            raise DiffuseError(f"search_walks={list(given)} scores walks with the data set's domain classifier, and "
-                               f"{data.name!r} has no class labels: use search_walks=[]")
-        return sorted(set(given))
+        """search_walks resolved (diffuse.student_walks.search_counts)."""
+        return search_counts(self, data)
 
     @property
     def rounds(self) -> int:
@@ -197,19 +175,8 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
         raise DiffuseError(f"the data set {data.name} has images {list(data.shape)}, and ckpt={teacher.path} makes "
                            f"{list(teacher.model.shape)}")
     seed = check_seed(config["seed"])
-    search = opts.checked_search(data)
-    if search:  # the classifier that scores the walks is trained on the train split and checked on the test split
-        try:
-            dataset_builder(node, {"train": data})("test")
-        except DiffuseError as e:
-            if opts.search_walks != "auto":
-                raise DiffuseError(f"search_walks={search} scores walks with a classifier checked on the data set's "
-                                   f"test split, and the teacher's data set {data.name!r} has none to read here "
-                                   f"({str(e).split(':')[0]}): use search_walks=[]") from None
-            search = []
-    if opts.search_walks == "auto" and opts.checked_search() and not search:
-        log.info("search_walks=auto: %s has no class labels or no test split for the classifier that scores walks, so "
-                 "the student walks every (N/k)-th of its timesteps", data.name)
+    reference = dataset_builder(node, {"train": data})
+    search = searchable(opts, data, reference)
     manifest = {"format": FORMAT, **{k: v for k, v in asdict(opts).items() if k != "train"}, "search_walks": search,
                 "seed": seed, "teacher_sha256": sha256(teacher.path), "teacher_weights": teacher.weights,
                 "teacher": str(teacher.path), "teacher_timesteps": teacher_ts}
@@ -223,7 +190,7 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
     keep = [o for o in ctx.overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
     record = {**teacher.config, "seed": seed, "train": config["train"], "sampler": student_sampler}
     device = distributed.device(world, nodes.device(config["device"]))
-    return DistillJob(world, teacher, teacher_ts, data, dataset_builder(node, {"train": data}), optimizer, device,
+    return DistillJob(world, teacher, teacher_ts, data, reference, optimizer, device,
                       out_dir, seed, record, manifest, Path(str(config["cache_dir"])).expanduser(),
                       " ".join(["diffuse distill", f"resume={out_dir.resolve()}", *keep]), search)
 

@@ -10,9 +10,11 @@ import signal
 import time
 from pathlib import Path
 
+from diffuse import DiffuseError
 from diffuse.checkpoint import load_checkpoint, load_model, metadata_config, save_checkpoint
 from diffuse.features.classifier import classifier_extractor
 from diffuse.features.reference import reference_features
+from diffuse.data import ImageData
 from diffuse.generate import GenerationOptions, generate
 from diffuse.metrics import frechet_distance, gaussian_stats
 from diffuse.precision import resolve as resolve_precision
@@ -20,10 +22,57 @@ from diffuse.sampler_choice import checked_sampler
 from diffuse.step_search import search_subwalk
 from diffuse.stop import StopRequest, TrainingInterrupted
 from diffuse.train import TrainOptions
+from diffuse.validate import is_int
 
 log = logging.getLogger(__name__)
 
 SEED = 1  # the searched images' noises: not diffuse sample's and eval's default seed (0), which score the walk after
+
+
+def search_counts(opts, data: ImageData | None = None) -> list[int]:
+    """The DistillOptions' search_walks resolved for the teacher's data set (None: not known yet): auto is [2] for a
+    consistency student that walks 2 steps (fewer than its teacher's walk) on a data set with class labels (the
+    classifier that scores the walks needs them), else []; refused in one line: what cannot be searched."""
+    given, walks = opts.search_walks, opts.walks
+    labelled = data is None or data.num_classes >= 2
+    if given == "auto":
+        given = [2] if opts.method == "consistency" and 2 in walks and 2 < opts.teacher_steps and labelled else []
+    if not isinstance(given, (list, tuple)) or not all(is_int(k) for k in given):
+        raise DiffuseError(f"search_walks={given!r} must be a list of step counts, e.g. [2] or [2,4], or auto")
+    if given and opts.method != "consistency":
+        raise DiffuseError(f"search_walks={list(given)} chooses the walks of a consistency student; "
+                           f"method={opts.method}'s students walk their round's timesteps: leave it auto or []")
+    choosable = [k for k in walks if k not in (1, opts.teacher_steps)]
+    bad = [k for k in given if k not in choosable]
+    if bad:
+        raise DiffuseError(f"search_walks={list(given)}: {bad[0]} is not a step count with a timestep to choose; "
+                           f"allowed: {', '.join(map(str, choosable)) or 'none'}")
+    if not is_int(opts.search_n) or opts.search_n < 2:
+        raise DiffuseError(f"search_n={opts.search_n!r} must be an integer >= 2 (images per walk the search "
+                           f"scores)")
+    if given and not labelled:
+        raise DiffuseError(f"search_walks={list(given)} scores walks with the data set's domain classifier, and "
+                           f"{data.name!r} has no class labels: use search_walks=[]")
+    return sorted(set(given))
+
+
+def searchable(opts, data: ImageData, reference) -> list[int]:
+    """search_counts for the teacher's data set, whose test split (`reference("test")`) the classifier is checked
+    on: where it has none, auto searches nothing (logged) and a list is refused, before training."""
+    search = search_counts(opts, data)
+    if search:
+        try:
+            reference("test")
+        except DiffuseError as e:
+            if opts.search_walks != "auto":
+                raise DiffuseError(f"search_walks={search} scores walks with a classifier checked on the data set's "
+                                   f"test split, and the teacher's data set {data.name!r} has none to read here "
+                                   f"({str(e).split(':')[0]}): use search_walks=[]") from None
+            search = []
+    if opts.search_walks == "auto" and search_counts(opts) and not search:
+        log.info("search_walks=auto: %s has no class labels or no test split for the classifier that scores walks, so "
+                 "the student walks every (N/k)-th of its timesteps", data.name)
+    return search
 
 
 def search_walks(job, train_opts: TrainOptions, walks: list[int], n: int, checkpoint: Path) -> dict[str, dict]:
