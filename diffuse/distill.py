@@ -40,7 +40,9 @@ MANIFEST, STUDENT, FORMAT = "distill.json", "student.json", "diffuse-distill/1"
 # settings distill.json gained later: what a folder written before them meant
 IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None}
 FREE = ("search_walks", "search_n")  # settings a resumed distillation may change: they choose walks after training
-METHODS = ("progressive", "consistency")
+# each method's teacher walk where teacher_steps / teacher_solver are null: (steps, solver); benchmarks/RESULTS.md
+# ("The default teacher walk"): consistency students of the Heun 8-step walk beat those of DDIM's 16 at 1, 2 and 4 steps
+METHODS = {"progressive": (16, "ddim"), "consistency": (8, "heun")}
 
 
 def doubles_to(small: int, big: int) -> bool:
@@ -56,10 +58,11 @@ class DistillOptions:
     shared evenly by the rounds (the walk search runs after it); train.steps caps each round."""
 
     method: str  # progressive (rounds of halving) | consistency (one run over the teacher's walk)
-    teacher_steps: int  # the teacher's DDIM walk that the first round halves
+    teacher_steps: int | None  # the teacher's walk that the first round halves (None: the method's, METHODS)
     student_steps: int  # the last round's student; each round halves the steps
     spacing: str  # the spacing of the teacher's walk
-    teacher_solver: str  # the teacher's step along its walk: ddim | heun (second order, two evaluations)
+    teacher_solver: str | None  # the teacher's step along its walk: ddim | heun (second order, two evaluations;
+    # None: the method's, METHODS)
     teacher_steps_start: int | None  # consistency: the teacher's walk starts this long and doubles up to teacher_steps
     clip_x0: bool  # clamp the teacher's x0 to [-1, 1] in its steps, as its sampling does
     search_walks: Any  # consistency: the step counts whose walk is chosen by FID (auto: see checked_search)
@@ -69,6 +72,11 @@ class DistillOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise DiffuseError(f"method={self.method!r} is not a distillation method; allowed: {', '.join(METHODS)}")
+        steps, solver = METHODS[self.method]
+        if self.teacher_steps is None:  # resolved here, so distill.json and the students record the walk taken
+            object.__setattr__(self, "teacher_steps", steps)
+        if self.teacher_solver is None:
+            object.__setattr__(self, "teacher_solver", solver)
         if self.teacher_steps <= self.student_steps or not doubles_to(self.student_steps, self.teacher_steps):
             raise DiffuseError(f"teacher_steps must be student_steps times a power of 2 (each round halves the steps), "
                                f"got teacher_steps={self.teacher_steps} and student_steps={self.student_steps}")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import pytest
@@ -187,6 +188,19 @@ def distill_options(*overrides: str):
 
     with initialize_config_module(config_module="diffuse.conf", version_base="1.3"):
         return options(DistillOptions, compose(config_name="distill", overrides=list(overrides)), "", strict=False)
+
+
+def test_each_method_takes_its_own_teacher_walk_unless_one_is_given():
+    """teacher_steps / teacher_solver null: consistency walks the teacher 8 Heun steps, progressive halves 16 DDIM
+    steps (each method's measured best, distill.METHODS); a given value is kept, and the walk taken is recorded."""
+    def walk(o):
+        return o.teacher_steps, o.teacher_solver, o.walks
+
+    assert walk(distill_options()) == (8, "heun", [1, 2, 4, 8])
+    assert walk(distill_options("method=progressive")) == (16, "ddim", [1, 2, 4, 8])
+    assert walk(distill_options("teacher_steps=16", "teacher_solver=ddim")) == (16, "ddim", [1, 2, 4, 8, 16])
+    assert walk(distill_options("method=progressive", "teacher_solver=heun", "teacher_steps=4")) == (4, "heun", [1, 2])
+    assert asdict(distill_options())["teacher_steps"] == 8  # what distill.json records, so a resume compares walks
 
 
 def test_search_walks_auto_searches_two_steps_only_where_a_classifier_can_score_them():
