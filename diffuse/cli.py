@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     entry = hydra.main(version_base="1.3", config_path="pkg://diffuse.conf", config_name=sub)(task(sub, full_error))
     try:
         entry()
-        world.barrier()  # every rank done before any tears the group down: a gloo peer closing mid-teardown can abort
+        world.barrier()  # every rank done before any tears the group down (against a rare SIGABRT at exit; unproven)
     except DiffuseError as e:
         if full_error:
             raise
