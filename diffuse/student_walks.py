@@ -26,17 +26,20 @@ from diffuse.validate import is_int
 
 log = logging.getLogger(__name__)
 
+AUTO = (2, 4)  # search_walks=auto's step counts (benchmarks/RESULTS.md, "Searched 4-step walks": 2 and 4 gain)
 SEED = 1  # the searched images' noises: not diffuse sample's and eval's default seed (0), which score the walk after
 
 
 def search_counts(opts, data: ImageData | None = None) -> list[int]:
-    """The DistillOptions' search_walks resolved for the teacher's data set (None: not known yet): auto is [2] for a
-    consistency student that walks 2 steps (fewer than its teacher's walk) on a data set with class labels (the
-    classifier that scores the walks needs them), else []; refused in one line: what cannot be searched."""
+    """The DistillOptions' search_walks resolved for the teacher's data set (None: not known yet): auto is those of
+    AUTO a consistency student walks with a timestep to choose (fewer steps than its teacher's walk) on a data set
+    with class labels (the classifier that scores the walks needs them), else []; refused in one line: what cannot
+    be searched."""
     given, walks = opts.search_walks, opts.walks
     labelled = data is None or data.num_classes >= 2
     if given == "auto":
-        given = [2] if opts.method == "consistency" and 2 in walks and 2 < opts.teacher_steps and labelled else []
+        auto = [k for k in AUTO if k in walks and 1 < k < opts.teacher_steps]
+        given = auto if opts.method == "consistency" and labelled else []
     if not isinstance(given, (list, tuple)) or not all(is_int(k) for k in given):
         raise DiffuseError(f"search_walks={given!r} must be a list of step counts, e.g. [2] or [2,4], or auto")
     if given and opts.method != "consistency":

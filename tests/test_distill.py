@@ -203,13 +203,16 @@ def test_each_method_takes_its_own_teacher_walk_unless_one_is_given():
     assert asdict(distill_options())["teacher_steps"] == 8  # what distill.json records, so a resume compares walks
 
 
-def test_search_walks_auto_searches_two_steps_only_where_a_classifier_can_score_them():
-    """auto: [2] for a consistency student that walks 2 steps of a longer walk on a data set with class labels; []
-    for a progressive one, a student of 4 or more steps, or a data set without labels (where a list is refused)."""
+def test_search_walks_auto_searches_two_and_four_steps_only_where_a_classifier_can_score_them():
+    """auto: the 2- and 4-step walks a consistency student takes through a longer walk, on a data set with class
+    labels; [] for a progressive one, or a data set without labels (where a list is refused); not 8 (not measured)."""
     labelled, unlabelled = SimpleNamespace(num_classes=10, name="mnist"), SimpleNamespace(num_classes=0, name="faces")
-    assert distill_options().checked_search(labelled) == [2] and distill_options().checked_search(unlabelled) == []
-    assert distill_options("teacher_steps=2").checked_search(labelled) == []  # nothing to choose
-    for other in ("method=progressive", "student_steps=4", "search_walks=[]"):
+    assert distill_options().checked_search(labelled) == [2, 4] and distill_options().checked_search(unlabelled) == []
+    assert distill_options("teacher_steps=16").checked_search(labelled) == [2, 4]  # not 8: not measured
+    assert distill_options("teacher_steps=4").checked_search(labelled) == [2]  # 4 steps walk all 4: nothing to choose
+    assert distill_options("student_steps=4").checked_search(labelled) == [4]  # no 2-step walk
+    assert distill_options("teacher_steps=2").checked_search(labelled) == []
+    for other in ("method=progressive", "search_walks=[]"):
         assert distill_options(other).checked_search(labelled) == [], other
     assert distill_options("search_walks=[4,2,4]").checked_search(labelled) == [2, 4]
     with pytest.raises(DiffuseError, match=r"search_walks=\[4, 2\] scores walks with the data set's domain "
