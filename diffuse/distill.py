@@ -31,14 +31,14 @@ from diffuse.schedule import SPACINGS
 from diffuse.student_walks import search_counts, search_walks, searchable
 from diffuse.train import TrainOptions, train
 from diffuse.train_state import read_resume
-from diffuse.validate import seed as check_seed
-from diffuse.walk_file import every
+from diffuse.validate import is_int, seed as check_seed
+from diffuse.walk_file import every, student_walk
 
 log = logging.getLogger(__name__)
 
 MANIFEST, STUDENT, FORMAT = "distill.json", "student.json", "diffuse-distill/1"
 # settings distill.json gained later: what a folder written before them meant
-IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None}
+IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None, "halve_walks": [], "halve_share": 0.3}
 FREE = ("search_walks", "search_n")  # settings a resumed distillation may change: they choose walks after training
 # each method's teacher walk where teacher_steps / teacher_solver are null: (steps, solver); benchmarks/RESULTS.md
 # ("The default teacher walk"): consistency students of the Heun 8-step walk beat those of DDIM's 16 at 1, 2 and 4 steps
@@ -67,6 +67,8 @@ class DistillOptions:
     clip_x0: bool  # clamp the teacher's x0 to [-1, 1] in its steps, as its sampling does
     search_walks: Any  # consistency: the step counts whose walk is chosen by FID (auto: see checked_search)
     search_n: int  # images per walk the search scores
+    halve_walks: Any  # consistency: the step counts k whose walk a progressive round then halves (a k/2-step student)
+    halve_share: float  # the share of train.max_minutes each halving round trains for (the consistency run: the rest)
     train: TrainOptions
 
     def __post_init__(self) -> None:
@@ -94,6 +96,26 @@ class DistillOptions:
                 raise DiffuseError(f"teacher_steps_start={start} must be teacher_steps={self.teacher_steps} divided by "
                                    f"a power of 2 (the walk doubles up to it), or null (no curriculum)")
         self.checked_search()
+        self.checked_halving()
+
+    def checked_halving(self) -> None:
+        """halve_walks: even step counts the consistency student walks; halve_share: leaves its run some time."""
+        given = self.halve_walks
+        if not isinstance(given, (list, tuple)) or not all(is_int(k) for k in given):
+            raise DiffuseError(f"halve_walks={given!r} must be a list of step counts, e.g. [4] or []")
+        if given and self.method != "consistency":
+            raise DiffuseError(f"halve_walks={list(given)} halves a consistency student's walks; method={self.method} "
+                               f"halves its walk in every round already: leave it []")
+        bad = [k for k in given if k % 2 or k not in self.walks]
+        if bad:
+            allowed = ", ".join(str(k) for k in self.walks if k % 2 == 0) or "none"
+            raise DiffuseError(f"halve_walks={list(given)}: {bad[0]} is not an even step count the consistency student "
+                               f"walks; allowed: {allowed}")
+        share = self.halve_share
+        if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share * max(len(given), 1) < 1:
+            raise DiffuseError(f"halve_share={share!r} must be a fraction of train.max_minutes above 0 and below "
+                               f"{1 / max(len(given), 1):g} (each of the {len(given)} halving round(s) trains that "
+                               f"share; the consistency run, the rest)")
 
     def checked_search(self, data: ImageData | None = None) -> list[int]:
         """search_walks resolved (diffuse.student_walks.search_counts)."""
@@ -204,15 +226,15 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
 
 
 def train_student(job: DistillJob, opts: DistillOptions, k: int, folder: Path, record: dict, loss,
-                  train_opts: TrainOptions) -> Path:
+                  train_opts: TrainOptions, search: list[int]) -> Path:
     """One student: a training run in `folder` started from the teacher's weights (round k's seed), with `loss`;
     a trained one (student.json) is kept, an unfinished one continues from its checkpoint exactly. Then the walks
-    of job.search_walks that student.json does not hold yet are chosen by FID, into its checkpoint
+    of `search` (step counts) that student.json does not hold yet are chosen by FID, into its checkpoint
     (diffuse.student_walks), and added to student.json."""
     world, last, written = job.world, folder / "checkpoints" / LAST, folder / STUDENT
     if written.is_file():
         done = json.loads(written.read_text())
-        missing = [n for n in job.search_walks if str(n) not in done.get("search_walks", {})]
+        missing = [n for n in search if str(n) not in done.get("search_walks", {})]
         if not missing:
             log.info("%s: the student is done (%s)", folder.name, last)
             return last
@@ -237,7 +259,7 @@ def train_student(job: DistillJob, opts: DistillOptions, k: int, folder: Path, r
         if world.main:  # written before the search: a distillation stopped in it resumes to the search alone
             write_atomic(written, (json.dumps(done, indent=2) + "\n").encode())
         world.barrier()
-        missing = job.search_walks
+        missing = search
     if missing:
         chosen = search_walks(job, train_opts, missing, opts.search_n, last)
         if world.main:
@@ -269,10 +291,16 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
         schedule = job.teacher.model.schedule
         losses = [ConsistencyLoss(teacher, schedule.timesteps(n, opts.spacing), opts.clip_x0, opts.teacher_solver)
                   for n in opts.curriculum]  # the last walks ts
+        budget = opts.train.max_minutes
+        consistency = replace(opts.train, max_minutes=budget * (1 - opts.halve_share * len(opts.halve_walks)))
         last = train_student(job, opts, 1, job.out_dir / "consistency", record,
-                             Curriculum(losses) if len(losses) > 1 else losses[0], opts.train)
-        log.info("distilled in %.1f s: consistency/", time.perf_counter() - began)
-        return last
+                             Curriculum(losses) if len(losses) > 1 else losses[0], consistency, job.search_walks)
+        halving = replace(opts.train, max_minutes=budget * opts.halve_share)
+        students = [last, *(halve_student(job, opts, last, k, j, halving, first)
+                            for j, k in enumerate(opts.halve_walks, start=2))]
+        log.info("distilled in %.1f s: %s", time.perf_counter() - began,
+                 ", ".join(f"{p.parent.parent.name}/" for p in students))
+        return students[-1]
     per_round = replace(opts.train, max_minutes=opts.train.max_minutes / opts.rounds)
     for k in range(1, opts.rounds + 1):
         student_ts = halve(ts)
@@ -283,8 +311,26 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
         log.info("round %d of %d: a %d-step student from %s's %d steps", k, opts.rounds, n, teacher_path, 2 * n)
         last = train_student(job, opts, k, job.out_dir / f"steps_{n}", record,
                              ProgressiveLoss(teacher, ts, opts.clip_x0, opts.teacher_solver if k == 1 else "ddim"),
-                             per_round)
+                             per_round, [])
         teacher, ts, teacher_path = load_model(last, "ema").model.network.to(job.device), student_ts, str(last)
     log.info("distilled %d round(s) in %.1f s: students %s", opts.rounds, time.perf_counter() - began,
              ", ".join(f"steps_{opts.teacher_steps >> k}" for k in range(1, opts.rounds + 1)))
     return last
+
+
+def halve_student(job: DistillJob, opts: DistillOptions, consistency: Path, k: int, j: int, train_opts: TrainOptions,
+                  first: dict) -> Path:
+    """A progressive round (Salimans & Ho 2022) whose teacher is the consistency student at `consistency` (EMA)
+    walking its k-step walk (the searched one where chosen): a k/2-step student in steps_{k/2}/, started
+    from that student's weights, which walks every other timestep of that walk."""
+    teacher = load_model(consistency, "ema")
+    walk = list(student_walk(teacher, k, False, None))  # as diffuse sample steps=k walks it
+    n, student_ts = k // 2, halve(walk)
+    record = {"method": "progressive", "teacher": str(consistency), "teacher_steps": k, "steps": n,
+              "timesteps": student_ts, "walks": [n], "round": j, "rounds": 1 + len(opts.halve_walks),
+              "teacher_solver": "ddim", **first}
+    log.info("round %d: a %d-step student halving the consistency student's %d-step walk %s", j, n, k,
+             [round(t, 1) for t in walk[:-1]])
+    network = teacher.model.network.to(job.device)
+    return train_student(job, opts, j, job.out_dir / f"steps_{n}", record,
+                         ProgressiveLoss(network, walk, opts.clip_x0, "ddim"), train_opts, [])

@@ -164,6 +164,34 @@ def test_one_consistency_student_walks_every_step_count_it_records(consistency_r
     assert not (tmp_path / "s3" / "samples.npz").exists()
 
 
+def test_halve_walks_trains_a_progressive_student_from_the_consistency_students_walk(consistency_run, tmp_path):
+    """halve_walks=[4] over a 4-step walk (no search here: the 4-step walk is the whole walk): after the consistency
+    student, a progressive round halves its walk into a 2-step student in steps_2/, started from that student, whose
+    record names it as teacher; `diffuse sample steps=2` walks every other timestep of the halved walk, and the
+    consistency student still walks 1, 2 and 4 steps."""
+    proc = cli_in_process("distill", "ckpt=teacher", *DISTILL[:-1], "halve_walks=[4]", "hydra.run.dir=hv",
+                          cwd=consistency_run)
+    walk = linear().timesteps(4, "trailing")
+    consistency = consistency_run / "hv" / "consistency" / "checkpoints" / "last.safetensors"
+    assert "halving the consistency student's 4-step walk [999" in proc.stdout, proc.stdout
+    assert "distilled in" in proc.stdout and "consistency/, steps_2/" in proc.stdout, proc.stdout
+    halved, meta = load_checkpoint(consistency_run / "hv" / "steps_2")
+    record = metadata_config(meta)["distill"]
+    assert (record["method"], record["steps"], record["teacher_steps"], record["timesteps"], record["walks"]) == \
+        ("progressive", 2, 4, walk[::2], [2])
+    assert record["teacher"] == str(consistency) and (record["round"], record["rounds"]) == (2, 2)
+    assert int(meta["step"]) == 3 and json.loads((consistency_run / "hv" / "steps_2" / "student.json").read_text())
+    teacher = load_checkpoint(consistency)[0]
+    assert sorted(halved) == sorted(teacher) and any(not torch.equal(halved[k], teacher[k]) for k in halved)
+    assert json.loads((consistency_run / "hv" / "distill.json").read_text())["halve_walks"] == [4]
+    cli_in_process("sample", f"ckpt={consistency_run / 'hv' / 'steps_2'}", "steps=2", "n=3", "hydra.run.dir=s",
+                   cwd=tmp_path)
+    sampled = json.loads((tmp_path / "s" / "sampling.json").read_text())
+    assert (sampled["spacing"], sampled["timesteps"], sampled["nfe_per_image"]) == ("distilled", walk[::2], 2)
+    cli_in_process("sample", f"ckpt={consistency_run / 'hv' / 'consistency'}", "steps=4", "n=2", "hydra.run.dir=c4",
+                   cwd=tmp_path)
+
+
 def test_distill_refuses_an_unknown_method(consistency_run):
     proc = cli_in_process("distill", "ckpt=teacher", "method=magic", "hydra.run.dir=refused", cwd=consistency_run,
                           check=False)
