@@ -24,6 +24,7 @@ from diffuse.consistency import ConsistencyLoss, Curriculum
 from diffuse.data import ImageData
 from diffuse.denoiser import DiffusionModel
 from diffuse.features.cache import sha256
+from diffuse.halving import halve_counts, halving_round
 from diffuse.progressive import TEACHER_STEPS, ProgressiveLoss, halve
 from diffuse.run import Context, TrainJob, dataset_builder
 from diffuse.sampler_choice import checked_sampler
@@ -31,8 +32,8 @@ from diffuse.schedule import SPACINGS
 from diffuse.student_walks import search_counts, search_walks, searchable
 from diffuse.train import TrainOptions, train
 from diffuse.train_state import read_resume
-from diffuse.validate import is_int, seed as check_seed
-from diffuse.walk_file import every, student_walk
+from diffuse.validate import seed as check_seed
+from diffuse.walk_file import every
 
 log = logging.getLogger(__name__)
 
@@ -96,26 +97,7 @@ class DistillOptions:
                 raise DiffuseError(f"teacher_steps_start={start} must be teacher_steps={self.teacher_steps} divided by "
                                    f"a power of 2 (the walk doubles up to it), or null (no curriculum)")
         self.checked_search()
-        self.checked_halving()
-
-    def checked_halving(self) -> None:
-        """halve_walks: even step counts the consistency student walks; halve_share: leaves its run some time."""
-        given = self.halve_walks
-        if not isinstance(given, (list, tuple)) or not all(is_int(k) for k in given):
-            raise DiffuseError(f"halve_walks={given!r} must be a list of step counts, e.g. [4] or []")
-        if given and self.method != "consistency":
-            raise DiffuseError(f"halve_walks={list(given)} halves a consistency student's walks; method={self.method} "
-                               f"halves its walk in every round already: leave it []")
-        bad = [k for k in given if k % 2 or k not in self.walks]
-        if bad:
-            allowed = ", ".join(str(k) for k in self.walks if k % 2 == 0) or "none"
-            raise DiffuseError(f"halve_walks={list(given)}: {bad[0]} is not an even step count the consistency student "
-                               f"walks; allowed: {allowed}")
-        share = self.halve_share
-        if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share * max(len(given), 1) < 1:
-            raise DiffuseError(f"halve_share={share!r} must be a fraction of train.max_minutes above 0 and below "
-                               f"{1 / max(len(given), 1):g} (each of the {len(given)} halving round(s) trains that "
-                               f"share; the consistency run, the rest)")
+        halve_counts(self)
 
     def checked_search(self, data: ImageData | None = None) -> list[int]:
         """search_walks resolved (diffuse.student_walks.search_counts)."""
@@ -288,18 +270,17 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
         log.info("consistency distillation of %s over its %s-step walk%s: a student of %s steps", teacher_path,
                  " -> ".join(map(str, opts.curriculum)), ", each for an equal share of the run" if
                  len(opts.curriculum) > 1 else "", ", ".join(map(str, opts.walks)))
-        schedule = job.teacher.model.schedule
-        losses = [ConsistencyLoss(teacher, schedule.timesteps(n, opts.spacing), opts.clip_x0, opts.teacher_solver)
-                  for n in opts.curriculum]  # the last walks ts
-        budget = opts.train.max_minutes
-        consistency = replace(opts.train, max_minutes=budget * (1 - opts.halve_share * len(opts.halve_walks)))
-        last = train_student(job, opts, 1, job.out_dir / "consistency", record,
-                             Curriculum(losses) if len(losses) > 1 else losses[0], consistency, job.search_walks)
-        halving = replace(opts.train, max_minutes=budget * opts.halve_share)
-        students = [last, *(halve_student(job, opts, last, k, j, halving, first)
-                            for j, k in enumerate(opts.halve_walks, start=2))]
-        log.info("distilled in %.1f s: %s", time.perf_counter() - began,
-                 ", ".join(f"{p.parent.parent.name}/" for p in students))
+        losses = [ConsistencyLoss(teacher, job.teacher.model.schedule.timesteps(n, opts.spacing), opts.clip_x0,
+                                  opts.teacher_solver) for n in opts.curriculum]  # the last walks ts
+        loss, minutes = Curriculum(losses) if len(losses) > 1 else losses[0], opts.train.max_minutes
+        rest = replace(opts.train, max_minutes=minutes * (1 - opts.halve_share * len(opts.halve_walks)))
+        students = [train_student(job, opts, 1, job.out_dir / "consistency", record, loss, rest, job.search_walks)]
+        halving = replace(opts.train, max_minutes=minutes * opts.halve_share)
+        for j, k in enumerate(opts.halve_walks, start=2):  # diffuse.halving: progressive rounds from its walks
+            record, loss = halving_round(students[0], k, j, 1 + len(opts.halve_walks), opts.clip_x0, first, job.device)
+            students.append(train_student(job, opts, j, job.out_dir / f"steps_{k // 2}", record, loss, halving, []))
+        log.info("distilled in %.1f s: %s", time.perf_counter() - began, ", ".join(f"{p.parent.parent.name}/" for p in
+                                                                                  students))
         return students[-1]
     per_round = replace(opts.train, max_minutes=opts.train.max_minutes / opts.rounds)
     for k in range(1, opts.rounds + 1):
@@ -317,20 +298,3 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
              ", ".join(f"steps_{opts.teacher_steps >> k}" for k in range(1, opts.rounds + 1)))
     return last
 
-
-def halve_student(job: DistillJob, opts: DistillOptions, consistency: Path, k: int, j: int, train_opts: TrainOptions,
-                  first: dict) -> Path:
-    """A progressive round (Salimans & Ho 2022) whose teacher is the consistency student at `consistency` (EMA)
-    walking its k-step walk (the searched one where chosen): a k/2-step student in steps_{k/2}/, started
-    from that student's weights, which walks every other timestep of that walk."""
-    teacher = load_model(consistency, "ema")
-    walk = list(student_walk(teacher, k, False, None))  # as diffuse sample steps=k walks it
-    n, student_ts = k // 2, halve(walk)
-    record = {"method": "progressive", "teacher": str(consistency), "teacher_steps": k, "steps": n,
-              "timesteps": student_ts, "walks": [n], "round": j, "rounds": 1 + len(opts.halve_walks),
-              "teacher_solver": "ddim", **first}
-    log.info("round %d: a %d-step student halving the consistency student's %d-step walk %s", j, n, k,
-             [round(t, 1) for t in walk[:-1]])
-    network = teacher.model.network.to(job.device)
-    return train_student(job, opts, j, job.out_dir / f"steps_{n}", record,
-                         ProgressiveLoss(network, walk, opts.clip_x0, "ddim"), train_opts, [])
