@@ -297,4 +297,3 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
     log.info("distilled %d round(s) in %.1f s: students %s", opts.rounds, time.perf_counter() - began,
              ", ".join(f"steps_{opts.teacher_steps >> k}" for k in range(1, opts.rounds + 1)))
     return last
-
