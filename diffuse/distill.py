@@ -68,7 +68,7 @@ class DistillOptions:
     clip_x0: bool  # clamp the teacher's x0 to [-1, 1] in its steps, as its sampling does
     search_walks: Any  # consistency: the step counts whose walk is chosen by FID (auto: see checked_search)
     search_n: int  # images per walk the search scores
-    halve_walks: Any  # consistency: the step counts k whose walk a progressive round then halves (a k/2-step student)
+    halve_walks: Any  # consistency: step counts k whose walk a progressive round halves (k/2 steps; auto: halving.AUTO)
     halve_share: float  # the share of train.max_minutes each halving round trains for (the consistency run: the rest)
     train: TrainOptions
 
@@ -97,7 +97,7 @@ class DistillOptions:
                 raise DiffuseError(f"teacher_steps_start={start} must be teacher_steps={self.teacher_steps} divided by "
                                    f"a power of 2 (the walk doubles up to it), or null (no curriculum)")
         self.checked_search()
-        halve_counts(self)
+        object.__setattr__(self, "halve_walks", halve_counts(self))  # auto resolved: distill.json records the rounds
 
     def checked_search(self, data: ImageData | None = None) -> list[int]:
         """search_walks resolved (diffuse.student_walks.search_counts)."""
@@ -194,7 +194,8 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
                 "teacher": str(teacher.path), "teacher_timesteps": teacher_ts}
     if given is not None and (out_dir / MANIFEST).is_file():  # the same distillation, or none
         before = {**IMPLIED, **json.loads((out_dir / MANIFEST).read_text())}
-        changed = [k for k in manifest if k not in ("teacher", *FREE) and before.get(k) != manifest[k]]
+        changed = [k for k in manifest if k not in ("teacher", *FREE) and before.get(k) != manifest[k]
+                   and not (k == "halve_share" and not manifest["halve_walks"])]  # no halving round: the share unused
         if changed:
             key = changed[0]
             raise DiffuseError(f"resume={given}: that distillation was made with {key}={before.get(key)!r}, and this "
@@ -279,8 +280,8 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
         for j, k in enumerate(opts.halve_walks, start=2):  # diffuse.halving: progressive rounds from its walks
             record, loss = halving_round(students[0], k, j, 1 + len(opts.halve_walks), opts.clip_x0, first, job.device)
             students.append(train_student(job, opts, j, job.out_dir / f"steps_{k // 2}", record, loss, halving, []))
-        log.info("distilled in %.1f s: %s", time.perf_counter() - began, ", ".join(f"{p.parent.parent.name}/" for p in
-                                                                                  students))
+        where = ", ".join(f"{n}: steps_{n}/" if 2 * n in opts.halve_walks else f"{n}: consistency/" for n in opts.walks)
+        log.info("distilled in %.1f s; the student for each step count: %s", time.perf_counter() - began, where)
         return students[-1]
     per_round = replace(opts.train, max_minutes=opts.train.max_minutes / opts.rounds)
     for k in range(1, opts.rounds + 1):

@@ -152,7 +152,14 @@ def test_one_consistency_student_walks_every_step_count_it_records(consistency_r
     assert (record["method"], record["steps"], record["timesteps"], record["walks"]) == \
         ("consistency", 4, walk, [1, 2, 4])
     assert json.loads((folder / "student.json").read_text())["seconds"] > 0
-    assert not list((consistency_run / "c").glob("steps_*"))  # one student, not one per step count
+    # one student for every step count, and the default's halving round (halve_walks=auto: [2]): a 1-step student
+    assert [p.name for p in (consistency_run / "c").glob("steps_*")] == ["steps_1"]
+    halved = metadata_config(load_checkpoint(consistency_run / "c" / "steps_1")[1])["distill"]
+    assert (halved["method"], halved["teacher_steps"], halved["steps"], halved["timesteps"]) == \
+        ("progressive", 2, 1, walk[::4])
+    assert halved["teacher"] == str(folder / "checkpoints" / "last.safetensors")
+    manifest = json.loads((consistency_run / "c" / "distill.json").read_text())
+    assert (manifest["halve_walks"], manifest["halve_share"]) == ([2], 0.15)
     for k in (1, 2, 4):
         cli_in_process("sample", f"ckpt={folder}", f"steps={k}", "n=3", f"hydra.run.dir=s{k}", cwd=tmp_path)
         sampled = json.loads((tmp_path / f"s{k}" / "sampling.json").read_text())
@@ -174,7 +181,7 @@ def test_halve_walks_trains_a_progressive_student_from_the_consistency_students_
     walk = linear().timesteps(4, "trailing")
     consistency = consistency_run / "hv" / "consistency" / "checkpoints" / "last.safetensors"
     assert "halving the consistency student's 4-step walk [999" in proc.stdout, proc.stdout
-    assert "distilled in" in proc.stdout and "consistency/, steps_2/" in proc.stdout, proc.stdout
+    assert "the student for each step count: 1: consistency/, 2: steps_2/, 4: consistency/" in proc.stdout, proc.stdout
     halved, meta = load_checkpoint(consistency_run / "hv" / "steps_2")
     record = metadata_config(meta)["distill"]
     assert (record["method"], record["steps"], record["teacher_steps"], record["timesteps"], record["walks"]) == \

@@ -171,7 +171,7 @@ def test_a_student_refuses_other_step_counts_and_samplers(distilled, tmp_path, a
     (("ckpt=teacher", "teacher_steps=4", "halve_walks=[3]"),
      "halve_walks=[3]: 3 is not an even step count the consistency student walks; allowed: 2, 4"),
     (("ckpt=teacher", "teacher_steps=4", "halve_walks=[8]"), "halve_walks=[8]: 8 is not an even step count"),
-    (("ckpt=teacher", "halve_walks=four"), "halve_walks='four' must be a list of step counts, e.g. [4] or []"),
+    (("ckpt=teacher", "halve_walks=four"), "halve_walks='four' must be a list of step counts, e.g. [2] or [], or auto"),
     (("ckpt=teacher", "halve_walks=[2,4]", "halve_share=0.5"),
      "halve_share=0.5 must be a fraction of train.max_minutes above 0 and below 0.5 (each of the 2 halving "
      "round(s) trains that share; the consistency run, the rest)"),
@@ -230,12 +230,26 @@ def test_search_walks_auto_searches_two_and_four_steps_only_where_a_classifier_c
         distill_options("search_walks=[4,2]").checked_search(unlabelled)
 
 
+def test_halve_walks_auto_halves_the_two_step_walk_where_one_step_students_are_wanted():
+    """auto: [2] where a consistency student walks 2 steps and 1 (student_steps=1: the halved walk is a student
+    asked for), [] where the smallest student walks 2 or more, and for progressive distillation (every round
+    halves already); a list is kept, and the resolved list is what distill.json records."""
+    assert distill_options().halve_walks == [2] and distill_options().halve_share == 0.15
+    assert distill_options("teacher_steps=2").halve_walks == [2]  # the teacher's walk itself, in 2 steps
+    for other in ("student_steps=2", "student_steps=4", "method=progressive", "halve_walks=[]"):
+        assert distill_options(other).halve_walks == [], other
+    assert distill_options("halve_walks=[4,2]").halve_walks == [4, 2]
+    assert asdict(distill_options())["halve_walks"] == [2]
+
+
 def test_a_folder_written_before_teacher_solver_resumes_as_ddim(distilled, tmp_path):
     """distill.json gained teacher_solver later: a folder without it was walked with DDIM, so resuming it with the
-    default goes on (its students are done: nothing to run), and with teacher_solver=heun is refused."""
+    default goes on (its students are done: nothing to run), and with teacher_solver=heun is refused. Its halve_share,
+    the default of its day, differs from today's and is not compared: without a halving round it is unused."""
     shutil.copytree(distilled / "d", tmp_path / "old")
     manifest = json.loads((tmp_path / "old" / "distill.json").read_text())
     del manifest["teacher_solver"]
+    manifest["halve_share"] = 0.3
     (tmp_path / "old" / "distill.json").write_text(json.dumps(manifest))
     args = (f"ckpt={distilled / 'teacher'}", *DISTILL, f"resume={tmp_path / 'old'}")
     proc = cli_in_process("distill", *args, "teacher_solver=heun", "hydra.run.dir=r", cwd=tmp_path, check=False)
