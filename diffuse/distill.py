@@ -29,7 +29,7 @@ from diffuse.progressive import TEACHER_STEPS, ProgressiveLoss, halve
 from diffuse.run import Context, TrainJob, dataset_builder
 from diffuse.sampler_choice import checked_sampler
 from diffuse.schedule import SPACINGS
-from diffuse.student_walks import search_counts, search_walks, searchable
+from diffuse.student_walks import search_counts, search_walks, searchable, training_minutes
 from diffuse.train import TrainOptions, train
 from diffuse.train_state import read_resume
 from diffuse.validate import seed as check_seed
@@ -54,9 +54,9 @@ def doubles_to(small: int, big: int) -> bool:
 
 @dataclass(frozen=True)
 class DistillOptions:
-    """The options of `diffuse distill` (defaults: conf/distill.yaml; train.*: conf/train_options.yaml, with
-    distillation's own defaults in conf/distill.yaml). train.max_minutes is the distillation's training budget,
-    shared evenly by the rounds (the walk search runs after it); train.steps caps each round."""
+    """The options of `diffuse distill` (defaults: conf/distill.yaml, and conf/train_options.yaml for train.*).
+    train.max_minutes is the distillation's budget: progressive rounds share it evenly; a consistency run has what its
+    halving rounds and walk search leave (student_walks.training_minutes). train.steps caps each round."""
 
     method: str  # progressive (rounds of halving) | consistency (one run over the teacher's walk)
     teacher_steps: int | None  # the teacher's walk that the first round halves (None: the method's, METHODS)
@@ -274,7 +274,7 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
         losses = [ConsistencyLoss(teacher, job.teacher.model.schedule.timesteps(n, opts.spacing), opts.clip_x0,
                                   opts.teacher_solver) for n in opts.curriculum]  # the last walks ts
         loss, minutes = Curriculum(losses) if len(losses) > 1 else losses[0], opts.train.max_minutes
-        rest = replace(opts.train, max_minutes=minutes * (1 - opts.halve_share * len(opts.halve_walks)))
+        rest = replace(opts.train, max_minutes=training_minutes(job, opts, job.out_dir / "consistency"))
         students = [train_student(job, opts, 1, job.out_dir / "consistency", record, loss, rest, job.search_walks)]
         halving = replace(opts.train, max_minutes=minutes * opts.halve_share)
         for j, k in enumerate(opts.halve_walks, start=2):  # diffuse.halving: progressive rounds from its walks

@@ -46,6 +46,13 @@ def search_timesteps(loss: Callable[[list[float]], float], ts: list[float], roun
     return Searched(best, best_loss, start_loss, evaluations)
 
 
+def round_walks(n: int, k: int) -> int:
+    """The most walks search_subwalk's first round scores choosing a k-step walk inside an n-step one: the start, then
+    at inner position p the timesteps between the lowest its left neighbour can have moved to (p - 1) and its right
+    one's start, round((p+1) n / k), less the one it holds (a later round rescores mostly walks already scored)."""
+    return 1 + sum(round((p + 1) * n / k) - p - 1 for p in range(1, k))
+
+
 def search_subwalk(loss: Callable[[list[float]], float], ts: list[float], k: int,
                    rounds: int = 3) -> tuple[Searched, dict[tuple[float, ...], float]]:
     """The k-step walk through the timesteps of the walk ts (N steps, ending at -1) with the lowest loss, by

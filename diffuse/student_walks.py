@@ -1,6 +1,7 @@
 """`diffuse distill search_walks=[2]`: the timesteps a consistency student's k-step walk takes, chosen among those it
 was distilled on by the classifier FID of its images against the training split (step_search.search_subwalk), and
-written into its checkpoint (`walk_at` in its distill record), which `diffuse sample` then walks at k steps."""
+written into its checkpoint (`walk_at` in its distill record), which `diffuse sample` then walks at k steps; and the
+consistency run's budget, train.max_minutes less the search's expected time (training_minutes)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 from diffuse import DiffuseError
-from diffuse.checkpoint import load_checkpoint, load_model, metadata_config, save_checkpoint
+from diffuse.checkpoint import LAST, load_checkpoint, load_model, metadata_config, save_checkpoint
 from diffuse.features.classifier import classifier_extractor
 from diffuse.features.reference import reference_features
 from diffuse.data import ImageData
@@ -19,10 +21,11 @@ from diffuse.generate import GenerationOptions, generate
 from diffuse.metrics import frechet_distance, gaussian_stats
 from diffuse.precision import resolve as resolve_precision
 from diffuse.sampler_choice import checked_sampler
-from diffuse.step_search import search_subwalk
+from diffuse.step_search import round_walks, search_subwalk
 from diffuse.stop import StopRequest, TrainingInterrupted
 from diffuse.train import TrainOptions
 from diffuse.validate import is_int
+from diffuse.walk_file import every
 
 log = logging.getLogger(__name__)
 
@@ -78,30 +81,104 @@ def searchable(opts, data: ImageData, reference) -> list[int]:
     return search
 
 
+def scoring(job) -> tuple:
+    """Rank 0's (extractor, reference): the data set's domain classifier (trained once per data set, then cached)
+    and the training split's statistics; (None, None) on the other ranks."""
+    if not job.world.main:
+        return None, None
+    extractor = classifier_extractor(job.reference("train"), job.reference("test"), job.cache_dir, job.device)
+    return extractor, reference_features(job.reference("train"), "train", extractor, job.cache_dir)
+
+
+def drawing(train_opts: TrainOptions, n: int, device) -> Callable[[int], GenerationOptions]:
+    """k -> how the search draws its n images at k steps: as train.eval_every draws them (train.precision,
+    train.clip_x0, train.eval_batch_size), from the noises of seed SEED."""
+    precision = resolve_precision(train_opts.precision, device)
+    return lambda k: train_opts.generation(n, k, min(n, train_opts.eval_batch_size), SEED, precision)
+
+
+def scorer(job, model, generation: Callable[[int], GenerationOptions], extractor, reference,
+           stop: StopRequest | None = None, what: str = "search_walks") -> Callable[[int, list[float]], float]:
+    """fid(k, walk): the FID against the training split (`scoring`'s extractor and reference statistics, on rank 0;
+    every rank takes its score) of the images `model` draws walking `walk` (k steps) as generation(k) says; under
+    torchrun every rank draws its share. With `stop`, a stop signal ends the search after the walk being scored
+    (TrainingInterrupted, naming the resume command)."""
+    world = job.world
+    network = model.network.to(job.device).eval()
+    classes = list(range(network.num_classes)) if network.conditional else None
+
+    def fid(k: int, walk: list[float]) -> float:
+        sampler = checked_sampler(job.config["sampler"], model.schedule, k, tuple(walk), "distilled")
+        drawn = generate(model, sampler, generation(k), job.device, classes, world=world)
+        value = frechet_distance(gaussian_stats(extractor(drawn.images)[0]), reference.stats) if world.main else 0.0
+        value = world.broadcast(float(value))  # every rank takes rank 0's score, so all search alike
+        log.info("%s: %d steps through %s: FID %.3f (%d images, against the training split)", what, k,
+                 [round(t, 1) for t in walk[:-1]], value, generation(k).n)
+        if stop is not None and world.any(stop.signal is not None)[0]:
+            if stop.then_requeue is not None:  # e.g. submitit's requeue: the student's checkpoint is on disk
+                stop.then_requeue(stop.signal, None)
+            raise TrainingInterrupted(f"stopped by {signal.Signals(stop.signal or signal.SIGTERM).name} in the walk "
+                                      f"search (the student is trained). Resume with: {job.resume_command}")
+        return value
+
+    return fid
+
+
+def search_seconds(job, train_opts: TrainOptions, walks: list[int], n: int) -> tuple[float, int]:
+    """The walk search's expected seconds, and the walks it expects to score: for each k in `walks`, one walk timed
+    (the teacher, whose weights the student starts from, drawing the n images through every (N/k)-th timestep of
+    its walk, scored as the search scores them) times step_search.round_walks(N, k), the walks the search's first
+    round scores at most; rank 0's figure on every rank. The timed walks are not the search's (their seconds are
+    the caller's to count)."""
+    fid = scorer(job, job.teacher.model, drawing(train_opts, n, job.device), *scoring(job),
+                 what="timing the walk search")
+    total, count, steps = 0.0, 0, len(job.teacher_ts) - 1
+    for k in walks:
+        started = time.perf_counter()
+        fid(k, every(job.teacher_ts, k))
+        total += (time.perf_counter() - started) * round_walks(steps, k)
+        count += round_walks(steps, k)
+    return float(job.world.broadcast(total)), count
+
+
+def training_minutes(job, opts, folder: Path) -> float:
+    """The consistency run's train.max_minutes: what the halving rounds leave of train.max_minutes (each takes
+    halve_share of it), less the walk search's expected seconds and those spent timing them (search_seconds), so
+    that train.max_minutes covers the search too; not less the search's without a budget, a search, or where the
+    run in `folder` has begun (a resumed run keeps its plan). Refused in one line where the search would leave the
+    run no time."""
+    minutes = opts.train.max_minutes * (1 - opts.halve_share * len(opts.halve_walks))
+    if not minutes or not job.search_walks or (folder / "checkpoints" / LAST).is_file():
+        return minutes
+    started = time.perf_counter()
+    expected, walks = search_seconds(job, opts.train, job.search_walks, opts.search_n)
+    spent = float(job.world.broadcast(time.perf_counter() - started))
+    left = minutes - (expected + spent) / 60
+    if left <= 0:
+        raise DiffuseError(f"train.max_minutes={opts.train.max_minutes:g} covers the walk search, and leaves the "
+                           f"consistency run no time: the search of {walks} walks of search_n={opts.search_n} images "
+                           f"is expected to take {expected / 60:.1f} minutes here; raise train.max_minutes, lower "
+                           f"search_n, or give search_walks=[]")
+    log.info("train.max_minutes=%g covers the walk search: %d walks of %d images, expected to take %.0f s here "
+             "(timed in %.0f s), so the consistency run trains %.2f minutes", opts.train.max_minutes, walks,
+             opts.search_n, expected, spent, left)
+    return left
+
+
 def search_walks(job, train_opts: TrainOptions, walks: list[int], n: int, checkpoint: Path) -> dict[str, dict]:
     """For each k in `walks`: the k-step walk of the student at `checkpoint` (EMA weights) through its distilled
-    timesteps whose n images (drawn as train.eval_every draws them: train.precision, train.clip_x0,
-    train.eval_batch_size) have the lowest FID against the training split (the domain classifier's features). Under
-    torchrun every rank draws its share of each walk's images and rank 0 scores them (all ranks follow its scores).
-    A stop signal ends the search after the walk being scored (TrainingInterrupted, naming the resume command).
-    Rank 0 adds the walks to the checkpoint's distill record (walk_at {k: timesteps}); returns
-    {k: {timesteps, fid, start_fid, fid_of, ...}}."""
+    timesteps whose n images have the lowest FID against the training split (`scorer`). A stop signal ends the
+    search after the walk being scored. Rank 0 adds the walks to the checkpoint's distill record (walk_at {k:
+    timesteps}); returns {k: {timesteps, fid, start_fid, fid_of, ...}}."""
     world = job.world
     loaded = load_model(checkpoint, "ema")
     model, record = loaded.model, loaded.config["distill"]
-    network = model.network.to(job.device).eval()
-    classes = list(range(network.num_classes)) if network.conditional else None
-    extractor = reference = None
-    if world.main:  # the classifier (trained once per data set, then cached) and the training split's statistics
-        extractor = classifier_extractor(job.reference("train"), job.reference("test"), job.cache_dir, job.device)
-        reference = reference_features(job.reference("train"), "train", extractor, job.cache_dir)
-    precision = resolve_precision(train_opts.precision, job.device)
     found: dict[str, dict] = {}
+    generation = drawing(train_opts, n, job.device)
     with StopRequest() as stop:
+        fid = scorer(job, model, generation, *scoring(job), stop)
         for k in walks:
-            generation = train_opts.generation(n, k, min(n, train_opts.eval_batch_size), SEED, precision)
-            found[str(k)] = search_walk(job, model, record["timesteps"], k, generation, classes, extractor, reference,
-                                        stop)
+            found[str(k)] = search_walk(fid, record["timesteps"], k, generation(k))
     if world.main:
         tensors, metadata = load_checkpoint(checkpoint)
         config = metadata_config(metadata)
@@ -113,31 +190,13 @@ def search_walks(job, train_opts: TrainOptions, walks: list[int], n: int, checkp
     return found
 
 
-def search_walk(job, model, ts: list[float], k: int, generation: GenerationOptions, classes: list[int] | None,
-                extractor, reference, stop: StopRequest) -> dict:
-    """The k-step walk through the walk ts whose generation.n images have the lowest FID (rank 0's extractor and
-    reference statistics; the other ranks draw their share and take rank 0's scores), as search_walks records it."""
-    world = job.world
-
-    def fid(walk: list[float]) -> float:
-        sampler = checked_sampler(job.config["sampler"], model.schedule, k, tuple(walk), "distilled")
-        drawn = generate(model, sampler, generation, job.device, classes, world=world)
-        value = frechet_distance(gaussian_stats(extractor(drawn.images)[0]), reference.stats) if world.main else 0.0
-        value = world.broadcast(float(value))  # every rank takes rank 0's score, so all search alike
-        log.info("search_walks: %d steps through %s: FID %.3f (%d images, against the training split)", k,
-                 [round(t, 1) for t in walk[:-1]], value, generation.n)
-        if world.any(stop.signal is not None)[0]:
-            if stop.then_requeue is not None:  # e.g. submitit's requeue: the student's checkpoint is on disk
-                stop.then_requeue(stop.signal, None)
-            raise TrainingInterrupted(f"stopped by {signal.Signals(stop.signal or signal.SIGTERM).name} in the walk "
-                                      f"search (the student is trained). Resume with: {job.resume_command}")
-        return value
-
+def search_walk(fid, ts: list[float], k: int, generation: GenerationOptions) -> dict:
+    """The k-step walk through the walk ts with the lowest FID (`scorer`'s fid, drawing as `generation`), as
+    search_walks records it."""
     t0 = time.perf_counter()
-    searched, scores = search_subwalk(fid, ts, k)
+    searched, scores = search_subwalk(lambda walk: fid(k, walk), ts, k)
     log.info("search_walks: the %d-step walk goes through %s (FID %.3f; every (N/k)-th: %.3f)", k,
              [round(t, 1) for t in searched.timesteps[:-1]], searched.loss, searched.start_loss)
-    return {"timesteps": searched.timesteps, "fid": searched.loss, "start_fid": searched.start_loss,
-            "n": generation.n, "seed": generation.seed, "precision": generation.precision,
-            "seconds": round(time.perf_counter() - t0, 1),
+    return {"timesteps": searched.timesteps, "fid": searched.loss, "start_fid": searched.start_loss, "n": generation.n,
+            "seed": generation.seed, "precision": generation.precision, "seconds": round(time.perf_counter() - t0, 1),
             "fid_of": [{"timesteps": list(w), "fid": v} for w, v in scores.items()]}

@@ -228,12 +228,20 @@ def test_a_searched_walk_is_chosen_by_fid_recorded_in_the_checkpoint_and_walked_
     """search_walks=auto (MNIST has labels: [2]) over a 4-step walk: after training, the 3 possible 2-step walks
     (turning at each inner timestep) are scored by FID against the training split; the lowest is written into the
     student's checkpoint, which `diffuse sample steps=2` then walks (as any valid walk_at it holds), while steps=1
-    and 4 walk as before. A damaged walk_at is refused. A distillation stopped in the search resumes to the search
-    alone (no training step), and may change search_n to do so."""
-    args = [a for a in DISTILL[:-1] if not a.startswith("search_walks")]
+    and 4 walk as before; train.max_minutes covers the search (3 walks expected: it times one first), and one the
+    search would use up is refused. A damaged walk_at is refused. A distillation stopped in the search resumes to the
+    search alone (no training step), and may change search_n to do so."""
+    args = [a for a in DISTILL[:-1] if not a.startswith(("search_walks", "train.max_minutes"))]
+    proc = cli_in_process("distill", "ckpt=teacher", *args, "search_walks=auto", "search_n=8", "hydra.run.dir=no",
+                          "train.max_minutes=0.0001", cwd=consistency_run, env=cached(eval_cache), check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert ("train.max_minutes=0.0001 covers the walk search, and leaves the consistency run no time: the search of 3 "
+            "walks of search_n=8 images is expected to take") in proc.stderr  # timed before any training step
+    assert not (consistency_run / "no" / "consistency").exists()
     proc = cli_in_process("distill", "ckpt=teacher", *args, "search_walks=auto", "search_n=8", "hydra.run.dir=sw",
-                          cwd=consistency_run, env=cached(eval_cache))
+                          "train.max_minutes=5", cwd=consistency_run, env=cached(eval_cache))
     assert "search_walks: the 2-step walk goes through" in proc.stdout + proc.stderr
+    assert "train.max_minutes=5 covers the walk search: 3 walks of 8 images, expected" in proc.stdout + proc.stderr
     folder, walk = consistency_run / "sw" / "consistency", linear().timesteps(4, "trailing")
     student = json.loads((folder / "student.json").read_text())
     searched = student["search_walks"]["2"]
@@ -287,7 +295,7 @@ def test_a_stop_signal_ends_the_walk_search_after_the_walk_being_scored(consiste
     from diffuse.generate import GenerationOptions
     from diffuse.metrics import gaussian_stats
     from diffuse.stop import StopRequest, TrainingInterrupted
-    from diffuse.student_walks import search_walk
+    from diffuse.student_walks import scorer, search_walk
 
     loaded = load_model(consistency_run / "c" / "consistency", "ema")
     job = types.SimpleNamespace(world=World(), config={"sampler": ddim_node()}, device=torch.device("cpu"),
@@ -303,12 +311,13 @@ def test_a_stop_signal_ends_the_walk_search_after_the_walk_being_scored(consiste
     generation = GenerationOptions(n=6, batch_size=6, steps=2, seed=1, precision="fp32", clip_x0=True,
                                    dynamic_threshold=0.0, guidance=1.0, guidance_rescale=0.0)
     ts = loaded.config["distill"]["timesteps"]
-    found = search_walk(job, loaded.model, ts, 2, generation, None, extractor, reference, StopRequest())
+    fid = scorer(job, loaded.model, lambda k: generation, extractor, reference, StopRequest())
+    found = search_walk(fid, ts, 2, generation)
     assert len(found["fid_of"]) == 3 and scored == [6, 6, 6]  # no signal: every turn scored
     stop, scored[:] = StopRequest(), []
     stop.signal = signal.SIGTERM
     with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM in the walk search \(the student is trained\)\. "
                                                   r"Resume with: diffuse distill resume=THERE"):
-        search_walk(job, loaded.model, ts, 2, generation, None, extractor, reference, stop)
+        search_walk(scorer(job, loaded.model, lambda k: generation, extractor, reference, stop), ts, 2, generation)
     assert scored == [6]
 

@@ -242,6 +242,38 @@ def test_halve_walks_auto_halves_the_two_step_walk_where_one_step_students_are_w
     assert asdict(distill_options())["halve_walks"] == [2]
 
 
+def test_train_max_minutes_covers_the_walk_search(monkeypatch, tmp_path):
+    """The consistency run trains what the halving rounds and the walk search leave of train.max_minutes: the search's
+    expected seconds (search_seconds, which times a walk per step count) come off it, but not without a budget or a
+    search, nor where the run has begun (a resumed run keeps its plan); a budget the search uses up is refused."""
+    from diffuse import student_walks
+    from diffuse.checkpoint import LAST
+    from diffuse.distributed import World
+
+    asked = []
+
+    def timed(job, train_opts, walks, n):  # 17 walks expected to take 90 s
+        asked.append((walks, n))
+        return 90.0, 17
+
+    monkeypatch.setattr(student_walks, "search_seconds", timed)
+    job, folder = SimpleNamespace(search_walks=[2, 4], world=World()), tmp_path / "consistency"
+    got = student_walks.training_minutes(job, distill_options(), folder)  # 10 minutes, a 0.15 halving round
+    assert 10 * 0.85 - 1.5 - 0.01 < got <= 10 * 0.85 - 1.5 and asked == [([2, 4], 500)]
+    assert 10 - 1.5 - 0.01 < student_walks.training_minutes(job, distill_options("halve_walks=[]"), folder) <= 8.5
+    assert student_walks.training_minutes(job, distill_options("train.max_minutes=0"), folder) == 0
+    nothing = SimpleNamespace(search_walks=[], world=World())
+    assert student_walks.training_minutes(nothing, distill_options(), folder) == 10 * 0.85 and len(asked) == 2
+    with pytest.raises(DiffuseError) as refused:
+        student_walks.training_minutes(job, distill_options("train.max_minutes=1.5", "search_n=2000"), folder)
+    assert str(refused.value) == ("train.max_minutes=1.5 covers the walk search, and leaves the consistency run no "
+                                  "time: the search of 17 walks of search_n=2000 images is expected to take 1.5 "
+                                  "minutes here; raise train.max_minutes, lower search_n, or give search_walks=[]")
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / LAST).write_bytes(b"")  # the run has begun: its plan stands
+    assert student_walks.training_minutes(job, distill_options(), folder) == 10 * 0.85 and len(asked) == 3
+
+
 def test_a_folder_written_before_teacher_solver_resumes_as_ddim(distilled, tmp_path):
     """distill.json gained teacher_solver later: a folder without it was walked with DDIM, so resuming it with the
     default goes on (its students are done: nothing to run), and with teacher_solver=heun is refused. Its halve_share,

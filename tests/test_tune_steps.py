@@ -14,7 +14,7 @@ from conftest import TINY_TRAIN, cli_in_process, run_cli, sampler_from_yaml
 from diffuse import DiffuseError
 from diffuse.schedule import SPACINGS
 from diffuse.schedules.linear import linear
-from diffuse.step_search import search_subwalk, search_timesteps
+from diffuse.step_search import round_walks, search_subwalk, search_timesteps
 from exact import GaussianMixture, ode_w1
 
 MIXTURE = GaussianMixture(weights=[0.3, 0.7], means=[-0.6, 0.5], stds=[0.15, 0.25])
@@ -61,6 +61,22 @@ def test_the_subwalk_search_finds_the_best_walk_through_given_timesteps_and_scor
     for k in (1, 6):
         with pytest.raises(DiffuseError, match="has no timestep to choose"):
             search_subwalk(loss, [999.0, 874.0, 749.0, 624.0, 499.0, 374.0, -1], k)
+
+
+@pytest.mark.parametrize("n,k", [(4, 2), (8, 2), (8, 4), (16, 4), (12, 3), (16, 8)])
+def test_round_walks_is_the_most_walks_the_subwalk_searchs_first_round_scores(n, k):
+    """A loss that prefers every later timestep it is offered moves each inner timestep of the walk as low as it can:
+    the first round then scores round_walks(n, k) walks; no loss makes it score more (random losses, seeded)."""
+    import random
+
+    ts = [999.0 - i * 999.0 / n for i in range(n)] + [-1]
+    lowest = search_subwalk(lambda walk: -sum(walk), ts, k, rounds=1)[0]
+    assert lowest.evaluations == round_walks(n, k)
+    for seed in range(50):
+        draw, memo = random.Random(seed), {}
+        scored = search_subwalk(lambda walk: memo.setdefault(tuple(walk), draw.random()), ts, k, rounds=1)[0]
+        assert scored.evaluations <= round_walks(n, k), seed
+    assert (round_walks(8, 2), round_walks(8, 4)) == (7, 10)  # the default 8-step walk's 2- and 4-step searches
 
 
 def test_a_tuned_five_step_walk_is_closer_to_the_data_than_every_spacing():
