@@ -141,6 +141,11 @@ def search_seconds(job, train_opts: TrainOptions, walks: list[int], n: int) -> t
     return float(job.world.broadcast(total)), count
 
 
+def said(seconds: float) -> str:
+    """Seconds as a message gives them: 3 significant digits below 100, whole seconds from there."""
+    return f"{seconds:.3g}" if seconds < 100 else f"{seconds:.0f}"
+
+
 def training_minutes(job, opts, folder: Path) -> float:
     """The consistency run's train.max_minutes: what the halving rounds leave of train.max_minutes (each takes
     halve_share of it), less the walk search's expected seconds and those spent timing them (search_seconds), so
@@ -156,9 +161,10 @@ def training_minutes(job, opts, folder: Path) -> float:
     left = minutes - (expected + spent) / 60
     if left <= 0:
         raise DiffuseError(f"train.max_minutes={opts.train.max_minutes:g} covers the walk search, and leaves the "
-                           f"consistency run no time: the search of {walks} walks of search_n={opts.search_n} images "
-                           f"is expected to take {expected / 60:.1f} minutes here; raise train.max_minutes, lower "
-                           f"search_n, or give search_walks=[]")
+                           f"consistency run no time: of its share, {said(minutes * 60)} s, the search of {walks} "
+                           f"walks of search_n={opts.search_n} images is expected to take {said(expected)} s here and "
+                           f"timing it took {said(spent)} s; raise train.max_minutes, lower search_n, or give "
+                           f"search_walks=[]")
     log.info("train.max_minutes=%g covers the walk search: %d walks of %d images, expected to take %.0f s here "
              "(timed in %.0f s), so the consistency run trains %.2f minutes", opts.train.max_minutes, walks,
              opts.search_n, expected, spent, left)
