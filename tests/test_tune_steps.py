@@ -64,7 +64,7 @@ def test_the_subwalk_search_finds_the_best_walk_through_given_timesteps_and_scor
 
 
 @pytest.mark.parametrize("n,k", [(4, 2), (8, 2), (8, 4), (16, 4), (12, 3), (16, 8)])
-def test_round_walks_is_the_most_walks_the_subwalk_searchs_first_round_scores(n, k):
+def test_round_walks_is_the_most_walks_the_subwalk_search_scores_in_its_first_round(n, k):
     """A loss that prefers every later timestep it is offered moves each inner timestep of the walk as low as it can:
     the first round then scores round_walks(n, k) walks; no loss makes it score more (random losses, seeded)."""
     import random
