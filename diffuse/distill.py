@@ -69,7 +69,7 @@ class DistillOptions:
     search_walks: Any  # consistency: the step counts whose walk is chosen by FID (auto: see checked_search)
     search_n: int  # images per walk the search scores
     halve_walks: Any  # consistency: step counts k whose walk a progressive round halves (k/2 steps; auto: halving.AUTO)
-    halve_share: float  # the share of train.max_minutes each halving round trains for (the consistency run: the rest)
+    halve_share: float  # each halving round's share of train.max_minutes (the consistency run's: training_minutes)
     train: TrainOptions
 
     def __post_init__(self) -> None:
