@@ -108,12 +108,13 @@ def scorer(job, model, generation: Callable[[int], GenerationOptions], extractor
     classes = list(range(network.num_classes)) if network.conditional else None
 
     def fid(k: int, walk: list[float]) -> float:
+        options = generation(k)
         sampler = checked_sampler(job.config["sampler"], model.schedule, k, tuple(walk), "distilled")
-        drawn = generate(model, sampler, generation(k), job.device, classes, world=world)
+        drawn = generate(model, sampler, options, job.device, classes, world=world)
         value = frechet_distance(gaussian_stats(extractor(drawn.images)[0]), reference.stats) if world.main else 0.0
         value = world.broadcast(float(value))  # every rank takes rank 0's score, so all search alike
         log.info("%s: %d steps through %s: FID %.3f (%d images, against the training split)", what, k,
-                 [round(t, 1) for t in walk[:-1]], value, generation(k).n)
+                 [round(t, 1) for t in walk[:-1]], value, options.n)
         if stop is not None and world.any(stop.signal is not None)[0]:
             if stop.then_requeue is not None:  # e.g. submitit's requeue: the student's checkpoint is on disk
                 stop.then_requeue(stop.signal, None)
