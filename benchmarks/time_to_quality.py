@@ -42,16 +42,18 @@ HERE = Path(__file__).resolve().parent
 DIFFUSE = [sys.executable, "-m", "diffuse"]
 
 
-def sh(cmd: list[str], log: Path) -> None:
-    """Run cmd with its output in `log`; its wall time and peak RSS go to `log`.json."""
-    print("$", " ".join(cmd), flush=True)
+def sh(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    """Run cmd (with `env` added to this environment) with its output in `log`; its wall time, CPU time in user
+    space and in the kernel, and peak RSS go to `log`.json."""
+    print("$", " ".join(f"{k}={v}" for k, v in (env or {}).items()), *cmd, flush=True)
     t = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource usage
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t
-    log.with_suffix(".json").write_text(json.dumps({"cmd": cmd, "wall_s": round(wall, 1),
+    log.with_suffix(".json").write_text(json.dumps({"cmd": cmd, "env": env or {}, "wall_s": round(wall, 1),
+                                                    "user_s": round(usage.ru_utime, 1), "sys_s": round(usage.ru_stime, 1),
                                                     "peak_rss_MB": round(usage.ru_maxrss / 1024, 1)}) + "\n")
     if proc.returncode:
         raise SystemExit(f"failed ({proc.returncode}) after {wall:.0f} s; see {log}")

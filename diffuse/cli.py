@@ -8,6 +8,8 @@ import sys
 
 from omegaconf import OmegaConf
 
+from diffuse.allocator import keep_freed_memory
+
 SUBCOMMANDS = {"train": "train a model (conf/train.yaml)", "sample": "draw images from a checkpoint (conf/sample.yaml)",
                "eval": "score a checkpoint's samples or image files: FID, KID, precision/recall (conf/eval.yaml)",
                "tune-steps": "search a checkpoint's few-step timesteps; writes walk.json (conf/tune-steps.yaml)",
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, to print them as one line
     try:
+        keep_freed_memory()  # before the job's tensors (diffuse/allocator.py)
         world, overrides = join_run(argv[1:])
     except DiffuseError as e:
         fail(sub, str(e))

@@ -36,7 +36,9 @@ def cli_in_process(*args: str, cwd: Path, env: dict | None = None, check: bool =
     """`diffuse ARGS` through `diffuse.cli.main` in this process: the same code from argv to exit status and
     stderr, without the 2-3 s of a new interpreter importing torch. For inputs refused before any long work (the
     bad-input tests) and short jobs (scoring a few images); whatever it changes (working directory, environment,
-    argv, logging) is put back. A Python exception escaping main (a user would see a traceback) is raised here."""
+    argv, logging) is put back, and glibc's malloc settings are left as they are (DIFFUSE_KEEP_FREED_MEMORY=0 unless
+    `env` says otherwise; tests/test_allocator.py runs the setting in processes of its own). A Python exception
+    escaping main (a user would see a traceback) is raised here."""
     import contextlib
     import io
     import logging
@@ -50,7 +52,7 @@ def cli_in_process(*args: str, cwd: Path, env: dict | None = None, check: bool =
     code = 0
     try:
         os.environ.pop("HYDRA_FULL_ERROR", None)
-        os.environ.update({"DIFFUSE_DATA_ROOT": str(DATA_ROOT), **(env or {})})
+        os.environ.update({"DIFFUSE_DATA_ROOT": str(DATA_ROOT), "DIFFUSE_KEEP_FREED_MEMORY": "0", **(env or {})})
         os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:

@@ -1,0 +1,63 @@
+"""The command line keeps freed memory for the next tensors (diffuse/allocator.py): measured as page faults of a
+large tensor allocated again after it was freed, in processes of their own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from diffuse import DiffuseError
+from diffuse.allocator import SWITCH, keep_freed_memory, user_tuned
+
+from conftest import run_cli
+
+# A fresh process: (maybe) keep freed memory, then 12 times allocate two 64 MiB tensors (filled) and free them, and
+# count the minor page faults of the last 3 times (glibc's heap settles within the first few).
+PROBE = """
+import json, resource, torch
+from diffuse.allocator import keep_freed_memory
+kept = keep_freed_memory()
+faults = []
+for _ in range(12):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(16 * 2**20); y = x * 2; del x, y
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"kept": kept, "faults": sum(faults[-3:])}))
+"""
+
+
+def probe(switch: str) -> dict:
+    env = {"PATH": "/usr/bin:/bin", SWITCH: switch}
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_a_freed_tensor_serves_the_next_one_without_page_faults():
+    kept, default = probe("1"), probe("0")
+    if not kept["kept"]:
+        pytest.skip("this Linux has no glibc mallopt")
+    assert default == {"kept": False, "faults": default["faults"]}
+    pages = 3 * 2 * 64 * 2**20 // 4096  # 3 times two tensors
+    assert default["faults"] > pages // 2  # glibc maps each block afresh: its pages fault in again
+    assert kept["faults"] < pages // 20  # the freed heap serves them
+
+
+def test_the_users_own_malloc_settings_and_the_switch_are_respected():
+    assert user_tuned({"MALLOC_ARENA_MAX_": "2"}) and user_tuned({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"})
+    assert not user_tuned({"MALLOC": "x", "GLIBC_TUNABLES": "glibc.rtld.nns=2", "PATH": "/bin"})
+    assert keep_freed_memory({SWITCH: "0"}) is False
+    assert keep_freed_memory({"MALLOC_TOP_PAD_": "0"}) is False
+    with pytest.raises(DiffuseError, match=f"{SWITCH}='yes': allowed 1 .* or 0"):
+        keep_freed_memory({SWITCH: "yes"})
+
+
+def test_a_bad_switch_is_one_line_and_exit_2(tmp_path):
+    proc = run_cli("sample", "ckpt=missing.safetensors", cwd=tmp_path, env={SWITCH: "on"}, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"diffuse sample: error: {SWITCH}='on': allowed 1 (keep freed memory for the next tensors, the default) or 0 "
+        "(glibc's own malloc settings)"]
