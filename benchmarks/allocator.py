@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import machine  # noqa: E402
 from time_to_quality import DIFFUSE, sh  # noqa: E402
 
-SWITCH = "DIFFUSE_KEEP_FREED_MEMORY"
+from diffuse.allocator import SWITCH  # noqa: E402
 
 
 def measured(cmd: list[str], run_dir: Path, keep: str) -> dict:

@@ -72,12 +72,15 @@ def fail(subcommand: str, message: str) -> None:
     sys.exit(2)
 
 
-def task(subcommand: str, full_error: bool):
-    """The function hydra.main calls with the composed config."""
+def task(subcommand: str, full_error: bool, malloc: str):
+    """The function hydra.main calls with the composed config; `malloc` (keep_freed_memory's words) opens its log."""
 
     def run_task(cfg) -> None:
+        import logging
+
         from diffuse import DiffuseError
 
+        logging.getLogger("diffuse.allocator").info(malloc)
         try:
             run_subcommand(subcommand, cfg)
         except DiffuseError as e:  # exit here: Hydra would log a second line for an exception
@@ -185,12 +188,13 @@ def main(argv: list[str] | None = None) -> None:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, to print them as one line
     try:
-        keep_freed_memory()  # before the job's tensors (diffuse/allocator.py)
+        _, malloc = keep_freed_memory()  # before the job's tensors (diffuse/allocator.py)
         world, overrides = join_run(argv[1:])
     except DiffuseError as e:
         fail(sub, str(e))
     sys.argv = [f"diffuse {sub}", *overrides]
-    entry = hydra.main(version_base="1.3", config_path="pkg://diffuse.conf", config_name=sub)(task(sub, full_error))
+    entry = hydra.main(version_base="1.3", config_path="pkg://diffuse.conf",
+                       config_name=sub)(task(sub, full_error, malloc))
     try:
         entry()
         world.barrier()  # every rank done before any tears the group down (against a rare SIGABRT at exit; unproven)
