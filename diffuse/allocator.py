@@ -1,7 +1,7 @@
 """Keep freed memory in the process where glibc's malloc serves PyTorch's CPU tensors. glibc maps each block above
 its mmap threshold (at most 32 MiB) afresh and unmaps it when freed, so a sampler at batch 250 or 1000 page-faults
 its activations in again at every network call: on a 2-core Xeon, `diffuse eval` at batch 1000 spent almost as
-much CPU time in the kernel as in PyTorch (benchmarks/RESULTS.md, "Freed memory kept"). Called by the command line
+much CPU time in the kernel as in user space (benchmarks/RESULTS.md, "Freed memory kept"). Called by the command line
 only: a library user's process keeps its own malloc settings. The main thread's heap is the one it changes: a
 thread of its own (training's background evaluation) still gets blocks above 64 MiB mapped afresh, as glibc does for
 any thread's arena that cannot grow that far."""
