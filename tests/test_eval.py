@@ -39,8 +39,29 @@ def test_the_mnist_classifier_reaches_99_percent_and_is_cached(eval_cache):
     assert list(eval_cache.glob("reference-mnist-test-1x28x28-*-all-classifier-*.safetensors"))
 
 
+def test_the_classifiers_features_do_not_depend_on_the_layout_of_its_input(tmp_path):
+    """The classifier runs channels_last (faster convolutions on a CPU, benchmarks/classifier.py) whatever layout a
+    batch arrives in, so the same images give bitwise the same features from a contiguous batch, a channels_last
+    one and a strided view; and the copy `diffuse eval` loads from the cache gives the features the trained one
+    gave (the cache file holds contiguous tensors, as safetensors needs)."""
+    from diffuse.data import ImageData
+    from diffuse.features.classifier import classifier_extractor, train_classifier
+
+    images = torch.randint(0, 256, (24, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    data = ImageData(images, torch.arange(24) % 10, 10, "toy")
+    model = train_classifier(data.images, data.labels, 10, steps=3, seed=0)
+    with torch.no_grad():
+        outputs = [model(x) for x in (images, images.contiguous(memory_format=torch.channels_last),
+                                      images.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2))]
+    for features, logits in outputs[1:]:
+        assert torch.equal(features, outputs[0][0]) and torch.equal(logits, outputs[0][1])
+    cached_copy = classifier_extractor(data, data, tmp_path, torch.device("cpu"), steps=3, seed=0)  # trained, read back
+    features, logits = cached_copy(images.permute(0, 2, 3, 1).numpy())  # (N,H,W,C) uint8, as eval hands it over
+    assert torch.equal(features, outputs[0][0]) and torch.equal(logits, outputs[0][1])
+
+
 def test_eval_of_a_checkpoint_writes_every_metric_and_the_protocol(trained, eval_cache, tmp_path):
-    proc = run_cli("eval", f"ckpt={trained}", "n=40", "steps=3", "seed=5", "kid_subset_size=20",
+    proc = cli_in_process("eval", f"ckpt={trained}", "n=40", "steps=3", "seed=5", "kid_subset_size=20",
                    "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
     record = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     for key in METRICS:
@@ -59,9 +80,11 @@ def test_eval_of_a_checkpoint_writes_every_metric_and_the_protocol(trained, eval
 
 
 def test_eval_of_saved_samples_gives_the_same_numbers(trained, eval_cache, tmp_path):
-    run_cli("sample", f"ckpt={trained}", "n=30", "steps=3", "seed=2", "png=true", "hydra.run.dir=s", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={trained}", "n=30", "steps=3", "seed=2", "png=true", "hydra.run.dir=s",
+                   cwd=tmp_path)
     common = ("kid_subset_size=20", "seed=2", "floor=false")
-    run_cli("eval", f"ckpt={trained}", "n=30", "steps=3", *common, "hydra.run.dir=a", cwd=tmp_path, env=cached(eval_cache))
+    cli_in_process("eval", f"ckpt={trained}", "n=30", "steps=3", *common, "hydra.run.dir=a", cwd=tmp_path,
+                   env=cached(eval_cache))
     cli_in_process("eval", f"samples={tmp_path / 's' / 'samples.npz'}", "dataset=mnist", *common, "hydra.run.dir=b",
                    cwd=tmp_path, env=cached(eval_cache))
     cli_in_process("eval", f"samples={tmp_path / 's' / 'images'}", "dataset=mnist", *common, "hydra.run.dir=c",
@@ -94,7 +117,7 @@ def test_report_over_an_eval_multirun(trained, eval_cache, tmp_path):
 
 
 def test_sample_draws_a_trajectory_strip(trained, tmp_path):
-    run_cli("sample", f"ckpt={trained}", "n=3", "steps=12", "trajectory=true", "hydra.run.dir=t", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={trained}", "n=3", "steps=12", "trajectory=true", "hydra.run.dir=t", cwd=tmp_path)
     shown = json.loads((tmp_path / "t" / "trajectory.json").read_text())["timesteps"]
     first = sampler_from_yaml("ddim").timesteps(load_model(trained).model.schedule, 12)[0]  # its default walk's
     assert len(shown) == 10 and shown[0] == first and shown == sorted(shown, reverse=True)

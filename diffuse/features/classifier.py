@@ -22,7 +22,9 @@ from diffuse.features.cache import fingerprint, read_tensors, sha256
 from diffuse.features.extractors import Extractor
 
 log = logging.getLogger(__name__)
-VERSION = 1  # bump when the classifier's architecture or training changes: old caches are not reused
+VERSION = 2  # bump when the classifier's architecture or training changes: old caches are not reused
+# v2: channels_last weights and batches (the same recipe; measured 1.3-1.8x faster on a CPU: benchmarks/classifier.py)
+MEMORY_FORMAT = torch.channels_last
 
 FEATURES = 128  # width of the feature layer
 
@@ -43,7 +45,7 @@ class Classifier(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(FEATURES, num_classes))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        x = images.float().div(127.5).sub(1.0)  # (B,C,H,W) in [-1, 1]
+        x = images.float().div(127.5).sub(1.0).contiguous(memory_format=MEMORY_FORMAT)  # (B,C,H,W) in [-1, 1]
         features = self.embed(self.body(x))  # (B,128), before the non-linearity
         return features, self.head(features)
 
@@ -84,7 +86,7 @@ def train_classifier(images: Tensor, labels: Tensor, num_classes: int, *, steps:
             nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=init)  # torch's default, seeded
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    model = model.to(device).train()
+    model = model.to(device, memory_format=MEMORY_FORMAT).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     g = torch.Generator(device).manual_seed(seed)
     images, labels = images.to(device), labels.to(device)
@@ -134,6 +136,7 @@ def classifier_extractor(train: ImageData, test: ImageData, cache_dir: Path, dev
         model.load_state_dict(tensors, assign=True)
     except RuntimeError:
         raise DiffuseError(f"cache file {path} does not fit the classifier; delete it to rebuild it") from None
+    model = model.to(memory_format=MEMORY_FORMAT)
     info = {"test_accuracy": float(meta.get("test_accuracy", "nan")), "trained_on": f"{train.name} train split",
             "steps": int(meta.get("steps", steps)), "path": str(path)}
     return Extractor("classifier", model, sha256(path), device, info)
