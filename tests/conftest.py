@@ -35,10 +35,12 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, check: bool = True) 
 def cli_in_process(*args: str, cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """`diffuse ARGS` through `diffuse.cli.main` in this process: the same code from argv to exit status and
     stderr, without the 2-3 s of a new interpreter importing torch. For inputs refused before any long work (the
-    bad-input tests) and short jobs (scoring a few images); whatever it changes (working directory, environment,
-    argv, logging) is put back, and glibc's malloc settings are left as they are (DIFFUSE_KEEP_FREED_MEMORY=0 unless
-    `env` says otherwise; tests/test_allocator.py runs the setting in processes of its own). A Python exception
-    escaping main (a user would see a traceback) is raised here."""
+    bad-input tests) and short jobs (a tiny model's few training steps, sampling or scoring a few images); what a
+    process of its own must show (signals, kills, resume bitwise, torchrun, the installed entry point) uses run_cli.
+    Whatever it changes (working directory, environment, argv, logging) is put back, and glibc's malloc settings are
+    left as they are (DIFFUSE_KEEP_FREED_MEMORY=0 unless `env` says otherwise; tests/test_allocator.py runs the
+    setting in processes of its own). A Python exception escaping main (a user would see a traceback) is raised
+    here."""
     import contextlib
     import io
     import logging
@@ -90,7 +92,7 @@ def tiny_run(tmp_path_factory, data_root) -> Path:
     import numpy as np
 
     cwd = tmp_path_factory.mktemp("tiny_run")
-    run_cli("train", *TINY_TRAIN, "hydra.run.dir=run", cwd=cwd)
+    cli_in_process("train", *TINY_TRAIN, "hydra.run.dir=run", cwd=cwd)
     np.savez(cwd / "init.npz", images=np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8))
     return cwd
 

@@ -91,7 +91,7 @@ def test_every_sampler_from_the_cli_records_what_it_ran(trained, tmp_path, name)
 
 
 def test_sample_uses_the_checkpoints_sampler_unless_the_command_names_one(tmp_path, data_root):
-    run_cli("train", *TINY_TRAIN, "sampler=unipc", "sampler.order=3", "train.steps=2", "train.sample_every=0",
+    cli_in_process("train", *TINY_TRAIN, "sampler=unipc", "sampler.order=3", "train.steps=2", "train.sample_every=0",
             "hydra.run.dir=t", cwd=tmp_path)
     for args, expected in ((("hydra.run.dir=own",), ("unipc", 3)),
                            (("sampler=ddim", "hydra.run.dir=named"), ("ddim", None)),
@@ -105,8 +105,8 @@ def test_sample_uses_the_checkpoints_sampler_unless_the_command_names_one(tmp_pa
 def test_every_objective_trains_and_samples_from_the_cli(tmp_path, data_root, name):
     """A tiny model trained under each objective samples through every sampler, with no flag naming the objective:
     the checkpoint records it (and its schedule)."""
-    run_cli("train", *TINY_TRAIN, f"objective={name}", "train.steps=2", "train.sample_every=0", "hydra.run.dir=t",
-            cwd=tmp_path)
+    cli_in_process("train", *TINY_TRAIN, f"objective={name}", "train.steps=2", "train.sample_every=0",
+                   "hydra.run.dir=t", cwd=tmp_path)
     from diffuse.checkpoint import read_metadata
 
     config = json.loads(read_metadata(tmp_path / "t" / "checkpoints" / "last.safetensors")["config"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, cli_in_process, group_options, run_cli, sampler_from_yaml, walk
+from conftest import TINY_TRAIN, cli_in_process, group_options, sampler_from_yaml, walk
 from diffuse import DiffuseError
 from diffuse.denoiser import DiffusionModel, ModelDenoiser, guide
 from diffuse.models.unet import UNet
@@ -94,7 +94,8 @@ def test_unconditional_model_refuses_labels(net):
 @pytest.fixture(scope="module")
 def cond_run(tmp_path_factory, data_root) -> Path:
     cwd = tmp_path_factory.mktemp("cond")
-    run_cli("train", *TINY_TRAIN, "model.conditional=true", "train.cond_drop_prob=0.2", "hydra.run.dir=run", cwd=cwd)
+    cli_in_process("train", *TINY_TRAIN, "model.conditional=true", "train.cond_drop_prob=0.2", "hydra.run.dir=run",
+                   cwd=cwd)
     return cwd / "run"
 
 
@@ -108,8 +109,9 @@ def test_conditional_training_records_the_class_count(cond_run):
 
 
 def test_sample_by_label_with_guidance(cond_run, tmp_path):
-    run_cli("sample", f"ckpt={cond_run}", "labels=[3,7]", "guidance=3.0", "n=6", "steps=3", "hydra.run.dir=a", cwd=tmp_path)
-    run_cli("sample", f"ckpt={cond_run}", "label=3", "n=2", "steps=3", "hydra.run.dir=b", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={cond_run}", "labels=[3,7]", "guidance=3.0", "n=6", "steps=3", "hydra.run.dir=a",
+                   cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={cond_run}", "label=3", "n=2", "steps=3", "hydra.run.dir=b", cwd=tmp_path)
     with np.load(tmp_path / "a" / "samples.npz") as z:
         assert z["labels"].tolist() == [3, 7, 3, 7, 3, 7] and z["images"].shape == (6, 28, 28, 1)
     record = json.loads((tmp_path / "a" / "sampling.json").read_text())
@@ -126,7 +128,7 @@ def test_sample_writes_a_labelled_folder_that_reads_back(cond_run, tmp_path):
 
     from diffuse.datasets.folder import folder
 
-    run_cli("sample", f"ckpt={cond_run}", "labels=all", "n=20", "steps=2", "format=folder", "hydra.run.dir=f",
+    cli_in_process("sample", f"ckpt={cond_run}", "labels=all", "n=20", "steps=2", "format=folder", "hydra.run.dir=f",
             cwd=tmp_path)
     root = tmp_path / "f" / "images"
     assert sorted(p.name for p in root.iterdir()) == [str(k) for k in range(10)]
@@ -152,13 +154,13 @@ def test_bad_labels_give_one_clear_line(cond_run, tmp_path, args, expected):
 
 
 def test_labels_on_an_unconditional_checkpoint_are_refused(tmp_path, data_root):
-    run_cli("train", *TINY_TRAIN, "train.steps=2", "train.sample_every=0", "hydra.run.dir=plain", cwd=tmp_path)
-    proc = run_cli("sample", f"ckpt={tmp_path / 'plain'}", "label=3", cwd=tmp_path, check=False)
+    cli_in_process("train", *TINY_TRAIN, "train.steps=2", "train.sample_every=0", "hydra.run.dir=plain", cwd=tmp_path)
+    proc = cli_in_process("sample", f"ckpt={tmp_path / 'plain'}", "label=3", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unconditional" in proc.stderr
 
 
 def test_eval_reports_conditional_accuracy(cond_run, eval_cache, tmp_path):
-    run_cli("eval", f"ckpt={cond_run}", "n=20", "steps=2", "guidance=2.0", "floor=false", "kid_subset_size=10",
+    cli_in_process("eval", f"ckpt={cond_run}", "n=20", "steps=2", "guidance=2.0", "floor=false", "kid_subset_size=10",
             "hydra.run.dir=e", cwd=tmp_path, env={"DIFFUSE_CACHE": str(eval_cache)})
     record = json.loads((tmp_path / "e" / "metrics.json").read_text())
     m = record["metrics"]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, cached, cli_in_process, run_cli, sampler_from_yaml
+from conftest import TINY_TRAIN, cached, cli_in_process, sampler_from_yaml
 from diffuse.checkpoint import load_checkpoint, load_model, metadata_config, save_checkpoint
 from diffuse.consistency import ConsistencyLoss, Curriculum, pseudo_huber
 from diffuse.denoiser import DiffusionModel, ModelDenoiser
@@ -140,8 +140,8 @@ def test_a_curriculum_trains_each_walk_for_an_equal_share_of_the_run_by_the_step
 @pytest.fixture(scope="module")
 def consistency_run(tmp_path_factory, data_root):
     cwd = tmp_path_factory.mktemp("consistency")
-    run_cli("train", *TINY_TRAIN, "hydra.run.dir=teacher", cwd=cwd)
-    run_cli("distill", "ckpt=teacher", *DISTILL[:-1], "hydra.run.dir=c", cwd=cwd)  # the default method
+    cli_in_process("train", *TINY_TRAIN, "hydra.run.dir=teacher", cwd=cwd)
+    cli_in_process("distill", "ckpt=teacher", *DISTILL[:-1], "hydra.run.dir=c", cwd=cwd)  # the default method
     return cwd
 
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import TINY_TRAIN, composed, group_options, run_cli
+from conftest import TINY_TRAIN, cli_in_process, composed, group_options, run_cli
 from diffuse import DiffuseError
 from diffuse.checkpoint import checkpoint_metadata, load_checkpoint, load_model, save_checkpoint, state_tensors
 from diffuse.config import MODELS, build, plain
@@ -101,7 +101,7 @@ def test_a_checkpoint_from_before_objectives_loads_samples_and_resumes_unchanged
     old = old_format(tmp_path / "new" / "checkpoints" / "last.safetensors", tmp_path / "old.safetensors")
     assert load_model(old).model.objective == load_model(tmp_path / "new").model.objective
     for source, out in ((tmp_path / "new", "a"), (old, "b")):
-        run_cli("sample", f"ckpt={source}", "steps=3", "n=4", f"hydra.run.dir={out}", cwd=tmp_path)
+        cli_in_process("sample", f"ckpt={source}", "steps=3", "n=4", f"hydra.run.dir={out}", cwd=tmp_path)
     a, b = (np.load(tmp_path / d / "samples.npz")["images"] for d in "ab")
     assert np.array_equal(a, b)
     for source, out in ((tmp_path / "new", "ra"), (old, "rb")):

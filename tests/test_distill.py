@@ -102,8 +102,8 @@ DISTILL = ("teacher_steps=4", "student_steps=1", "train.steps=3", "train.max_min
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory, data_root):
     cwd = tmp_path_factory.mktemp("distill")
-    run_cli("train", *TINY_TRAIN, "hydra.run.dir=teacher", cwd=cwd)
-    run_cli("distill", "ckpt=teacher", *DISTILL, "hydra.run.dir=d", cwd=cwd)
+    cli_in_process("train", *TINY_TRAIN, "hydra.run.dir=teacher", cwd=cwd)
+    cli_in_process("distill", "ckpt=teacher", *DISTILL, "hydra.run.dir=d", cwd=cwd)
     return cwd
 
 
@@ -124,7 +124,7 @@ def test_distill_writes_students_that_sample_and_evaluate_as_checkpoints(distill
     record = json.loads((tmp_path / "s" / "sampling.json").read_text())
     assert (record["sampler"], record["spacing"], record["timesteps"], record["nfe_per_image"]) == \
         ("ddim", "distilled", halve(walk), 2)
-    run_cli("eval", f"ckpt={distilled / 'd' / 'steps_1'}", "steps=1", "n=20", "kid_subset_size=10",
+    cli_in_process("eval", f"ckpt={distilled / 'd' / 'steps_1'}", "steps=1", "n=20", "kid_subset_size=10",
             "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
     scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert scores["nfe"] == 1 and math.isfinite(scores["metrics"]["fid"])

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import DATA_ROOT, TINY_TRAIN, run_cli
+from conftest import DATA_ROOT, TINY_TRAIN, cli_in_process, run_cli
 from diffuse.checkpoint import metadata_config, read_metadata
 from test_distill import DISTILL
 
@@ -75,7 +75,7 @@ def test_a_two_rank_checkpoint_resumes_in_one_with_a_warning_and_samples_in_one(
     run = the_run(two_ranks)
     other = run_cli("train", *EXACT, "train.steps=6", f"resume={run}", "hydra.run.dir=one", cwd=tmp_path)
     assert "was written by 2 rank(s) and this run has 1" in other.stdout + other.stderr  # allowed, not bitwise
-    run_cli("sample", f"ckpt={run}", "n=5", "steps=3", "hydra.run.dir=s1", cwd=tmp_path)
+    cli_in_process("sample", f"ckpt={run}", "n=5", "steps=3", "hydra.run.dir=s1", cwd=tmp_path)
     torchrun("sample", f"ckpt={run}", "n=5", "steps=3", "batch_size=2", "hydra.run.dir=s2", cwd=tmp_path)
     one, two = (np.load(tmp_path / d / "samples.npz")["images"] for d in ("s1", "s2"))
     assert np.array_equal(one, two) and one.shape == (5, 28, 28, 1)  # image i seeded from (seed, i)

@@ -55,13 +55,14 @@ def test_every_layout_other_tools_write_scores_as_ours(real, eval_cache, tmp_pat
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_root):
     cwd = tmp_path_factory.mktemp("train")
-    run_cli("train", *TINY_TRAIN, "model.conditional=true", "hydra.run.dir=run", cwd=cwd)
+    cli_in_process("train", *TINY_TRAIN, "model.conditional=true", "hydra.run.dir=run", cwd=cwd)
     return cwd / "run"
 
 
 def test_sample_writes_adm_layout_that_adm_reads_and_that_scores_the_same(trained, eval_cache, tmp_path):
     for fmt in ("npz", "adm"):
-        run_cli("sample", f"ckpt={trained}", "n=20", "steps=3", f"format={fmt}", f"hydra.run.dir={fmt}", cwd=tmp_path)
+        cli_in_process("sample", f"ckpt={trained}", "n=20", "steps=3", f"format={fmt}", f"hydra.run.dir={fmt}",
+                       cwd=tmp_path)
     ours, adm = np.load(tmp_path / "npz" / "samples.npz"), np.load(tmp_path / "adm" / "samples.npz")
     assert sorted(adm.files) == ["arr_0", "arr_1"] and sorted(ours.files) == ["images", "labels"]
     assert np.array_equal(adm["arr_0"], ours["images"]) and np.array_equal(adm["arr_1"], ours["labels"])  # as ADM reads
@@ -121,7 +122,7 @@ def test_bad_files_give_one_clear_line(real, eval_cache, tmp_path):
 def test_bad_reference_files_give_one_clear_line(real, eval_cache, tmp_path):
     images, _ = real
     np.savez(tmp_path / "s.npz", images=images)
-    run_cli("eval", f"samples={tmp_path / 's.npz'}", "dataset=mnist", *COMMON, "hydra.run.dir=a", cwd=tmp_path,
+    cli_in_process("eval", f"samples={tmp_path / 's.npz'}", "dataset=mnist", *COMMON, "hydra.run.dir=a", cwd=tmp_path,
             env=cached(eval_cache))
     with np.load(tmp_path / "a" / "reference_stats.npz") as z:
         ours = dict(z)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, cli_in_process, run_cli, sampler_from_yaml
+from conftest import TINY_TRAIN, cli_in_process, sampler_from_yaml
 from diffuse import DiffuseError
 from diffuse.schedule import SPACINGS
 from diffuse.schedules.linear import linear
@@ -97,9 +97,9 @@ def test_a_tuned_five_step_walk_is_closer_to_the_data_than_every_spacing():
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, data_root) -> tuple[Path, Path]:
     cwd = tmp_path_factory.mktemp("tune")
-    run_cli("train", *TINY_TRAIN, "hydra.run.dir=run", cwd=cwd)
-    run_cli("tune-steps", "ckpt=run", "sampler=dpmpp_2m", "nfe=4", "steps=12", "n=4", "held_out=2", "batch_size=3",
-            "rounds=2", "hydra.run.dir=tune", cwd=cwd)
+    cli_in_process("train", *TINY_TRAIN, "hydra.run.dir=run", cwd=cwd)
+    cli_in_process("tune-steps", "ckpt=run", "sampler=dpmpp_2m", "nfe=4", "steps=12", "n=4", "held_out=2",
+                   "batch_size=3", "rounds=2", "hydra.run.dir=tune", cwd=cwd)
     return cwd / "run", cwd / "tune" / "walk.json"
 
 
