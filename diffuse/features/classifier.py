@@ -23,7 +23,8 @@ from diffuse.features.extractors import Extractor
 
 log = logging.getLogger(__name__)
 VERSION = 2  # bump when the classifier's architecture or training changes: old caches are not reused
-# v2: channels_last weights and batches (the same recipe; measured 1.3-1.8x faster on a CPU: benchmarks/classifier.py)
+# v2: channels_last weights and batches (the same recipe; training and features 1.3x faster on a CPU:
+# benchmarks/classifier.py)
 MEMORY_FORMAT = torch.channels_last
 
 FEATURES = 128  # width of the feature layer
