@@ -92,7 +92,7 @@ def test_every_sampler_from_the_cli_records_what_it_ran(trained, tmp_path, name)
 
 def test_sample_uses_the_checkpoints_sampler_unless_the_command_names_one(tmp_path, data_root):
     cli_in_process("train", *TINY_TRAIN, "sampler=unipc", "sampler.order=3", "train.steps=2", "train.sample_every=0",
-            "hydra.run.dir=t", cwd=tmp_path)
+                   "hydra.run.dir=t", cwd=tmp_path)
     for args, expected in ((("hydra.run.dir=own",), ("unipc", 3)),
                            (("sampler=ddim", "hydra.run.dir=named"), ("ddim", None)),
                            (("sampler.eta=0.0", "hydra.run.dir=setting"), ("ddim", None))):  # a setting of the default

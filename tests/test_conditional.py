@@ -129,7 +129,7 @@ def test_sample_writes_a_labelled_folder_that_reads_back(cond_run, tmp_path):
     from diffuse.datasets.folder import folder
 
     cli_in_process("sample", f"ckpt={cond_run}", "labels=all", "n=20", "steps=2", "format=folder", "hydra.run.dir=f",
-            cwd=tmp_path)
+                   cwd=tmp_path)
     root = tmp_path / "f" / "images"
     assert sorted(p.name for p in root.iterdir()) == [str(k) for k in range(10)]
     tv = ImageFolder(str(root))
@@ -161,7 +161,7 @@ def test_labels_on_an_unconditional_checkpoint_are_refused(tmp_path, data_root):
 
 def test_eval_reports_conditional_accuracy(cond_run, eval_cache, tmp_path):
     cli_in_process("eval", f"ckpt={cond_run}", "n=20", "steps=2", "guidance=2.0", "floor=false", "kid_subset_size=10",
-            "hydra.run.dir=e", cwd=tmp_path, env={"DIFFUSE_CACHE": str(eval_cache)})
+                   "hydra.run.dir=e", cwd=tmp_path, env={"DIFFUSE_CACHE": str(eval_cache)})
     record = json.loads((tmp_path / "e" / "metrics.json").read_text())
     m = record["metrics"]
     assert 0 <= m["conditional_accuracy"] <= 1 and len(m["conditional_accuracy_per_class"]) == 10

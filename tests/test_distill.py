@@ -125,7 +125,7 @@ def test_distill_writes_students_that_sample_and_evaluate_as_checkpoints(distill
     assert (record["sampler"], record["spacing"], record["timesteps"], record["nfe_per_image"]) == \
         ("ddim", "distilled", halve(walk), 2)
     cli_in_process("eval", f"ckpt={distilled / 'd' / 'steps_1'}", "steps=1", "n=20", "kid_subset_size=10",
-            "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
+                   "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
     scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert scores["nfe"] == 1 and math.isfinite(scores["metrics"]["fid"])
     assert scores["timesteps"] == halve(halve(walk))  # the walk the student took

@@ -62,7 +62,7 @@ def test_the_classifiers_features_do_not_depend_on_the_layout_of_its_input(tmp_p
 
 def test_eval_of_a_checkpoint_writes_every_metric_and_the_protocol(trained, eval_cache, tmp_path):
     proc = cli_in_process("eval", f"ckpt={trained}", "n=40", "steps=3", "seed=5", "kid_subset_size=20",
-                   "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
+                          "hydra.run.dir=ev", cwd=tmp_path, env=cached(eval_cache))
     record = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     for key in METRICS:
         assert math.isfinite(record["metrics"][key]) and math.isfinite(record["floor"][key]), key

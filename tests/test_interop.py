@@ -123,7 +123,7 @@ def test_bad_reference_files_give_one_clear_line(real, eval_cache, tmp_path):
     images, _ = real
     np.savez(tmp_path / "s.npz", images=images)
     cli_in_process("eval", f"samples={tmp_path / 's.npz'}", "dataset=mnist", *COMMON, "hydra.run.dir=a", cwd=tmp_path,
-            env=cached(eval_cache))
+                   env=cached(eval_cache))
     with np.load(tmp_path / "a" / "reference_stats.npz") as z:
         ours = dict(z)
     np.savez(tmp_path / "other_extractor.npz", **{**ours, "extractor": np.str_("classifier-0123456789ab")})
