@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST, STUDENT, FORMAT = "distill.json", "student.json", "diffuse-distill/1"
 # settings distill.json gained later: what a folder written before them meant
-IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None, "halve_walks": [], "halve_share": 0.3}
+IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None, "halve_walks": [], "halve_share": 0.3,
+           "halve_adversarial": 0.0}
 FREE = ("search_walks", "search_n")  # settings a resumed distillation may change: they choose walks after training
 # each method's teacher walk where teacher_steps / teacher_solver are null: (steps, solver); benchmarks/RESULTS.md
 # ("The default teacher walk"): consistency students of the Heun 8-step walk beat those of DDIM's 16 at 1, 2 and 4 steps
@@ -70,6 +71,7 @@ class DistillOptions:
     search_n: int  # images per walk the search scores
     halve_walks: Any  # consistency: step counts k whose walk a progressive round halves (k/2 steps; auto: halving.AUTO)
     halve_share: float  # each halving round's share of train.max_minutes (the consistency run's: training_minutes)
+    halve_adversarial: float  # the weight of the halving rounds' adversarial term (diffuse.adversarial; 0: none)
     train: TrainOptions
 
     def __post_init__(self) -> None:
@@ -195,7 +197,7 @@ def build_distill(cfg: DictConfig, ctx: Context, opts: DistillOptions) -> Distil
     if given is not None and (out_dir / MANIFEST).is_file():  # the same distillation, or none
         before = {**IMPLIED, **json.loads((out_dir / MANIFEST).read_text())}
         changed = [k for k in manifest if k not in ("teacher", *FREE) and before.get(k) != manifest[k]
-                   and not (k == "halve_share" and not manifest["halve_walks"])]  # no halving round: the share unused
+                   and not (k in ("halve_share", "halve_adversarial") and not manifest["halve_walks"])]  # unused
         if changed:
             key = changed[0]
             raise DiffuseError(f"resume={given}: that distillation was made with {key}={before.get(key)!r}, and this "
@@ -278,7 +280,8 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
         students = [train_student(job, opts, 1, job.out_dir / "consistency", record, loss, rest, job.search_walks)]
         halving = replace(opts.train, max_minutes=minutes * opts.halve_share)
         for j, k in enumerate(opts.halve_walks, start=2):  # diffuse.halving: progressive rounds from its walks
-            record, loss = halving_round(students[0], k, j, 1 + len(opts.halve_walks), opts.clip_x0, first, job.device)
+            record, loss = halving_round(students[0], k, j, 1 + len(opts.halve_walks), opts.clip_x0, first, job.device,
+                                         opts.halve_adversarial, job.seed + j)
             students.append(train_student(job, opts, j, job.out_dir / f"steps_{k // 2}", record, loss, halving, []))
         where = ", ".join(f"{n}: steps_{n}/" if 2 * n in opts.halve_walks else f"{n}: consistency/" for n in opts.walks)
         log.info("distilled in %.1f s; the student for each step count: %s", time.perf_counter() - began, where)

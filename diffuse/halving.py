@@ -6,11 +6,13 @@ and builds each round's record and loss; diffuse.distill runs them."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
 
 from diffuse import DiffuseError
+from diffuse.adversarial import AdversarialLoss
 from diffuse.checkpoint import load_model
 from diffuse.progressive import ProgressiveLoss, halve
 from diffuse.validate import is_int
@@ -25,8 +27,8 @@ AUTO = (2,)
 
 def halve_counts(opts) -> list[int]:
     """The DistillOptions' halve_walks resolved (auto: those of AUTO a consistency student walks with their halves, so
-    students of 1 step are wanted; else []), checked with halve_share (leaves the consistency run some time); refused
-    in one line otherwise."""
+    students of 1 step are wanted; else []), checked with halve_share (leaves the consistency run some time) and
+    halve_adversarial (a finite weight >= 0); refused in one line otherwise."""
     given = opts.halve_walks
     if given == "auto":
         given = [k for k in AUTO if k in opts.walks and k // 2 in opts.walks] if opts.method == "consistency" else []
@@ -45,18 +47,29 @@ def halve_counts(opts) -> list[int]:
         raise DiffuseError(f"halve_share={share!r} must be a fraction of train.max_minutes above 0 and below "
                            f"{1 / max(len(given), 1):g} (each of the {len(given)} halving round(s) trains that "
                            f"share; the consistency run, the rest)")
+    weight = opts.halve_adversarial
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight < math.inf:
+        raise DiffuseError(f"halve_adversarial={weight!r} must be a finite weight >= 0 (the halving rounds' "
+                           f"adversarial term; 0: none)")
     return list(given)
 
 
 def halving_round(consistency: Path, k: int, j: int, rounds: int, clip_x0: bool, first: dict,
-                  device: torch.device) -> tuple[dict, ProgressiveLoss]:
+                  device: torch.device, adversarial: float = 0.0,
+                  seed: int = 0) -> tuple[dict, ProgressiveLoss | AdversarialLoss]:
     """Round j's distill record and loss: the consistency student at `consistency` (EMA) walks its k-step walk as
-    `diffuse sample steps=k` walks it, and the k/2-step student (started from it) every other timestep of that walk."""
+    `diffuse sample steps=k` walks it, and the k/2-step student (started from it) every other timestep of that walk;
+    with `adversarial` > 0, the loss gains that weight of diffuse.adversarial's term (its critic from `seed`)."""
     teacher = load_model(consistency, "ema")
     walk = list(student_walk(teacher, k, False, None))
     n, student_ts = k // 2, halve(walk)
     record = {"method": "progressive", "teacher": str(consistency), "teacher_steps": k, "steps": n,
               "timesteps": student_ts, "walks": [n], "round": j, "rounds": rounds, "teacher_solver": "ddim", **first}
-    log.info("round %d: a %d-step student halving the consistency student's %d-step walk %s", j, n, k,
-             [round(t, 1) for t in walk[:-1]])
-    return record, ProgressiveLoss(teacher.model.network.to(device), walk, clip_x0, "ddim")
+    loss = ProgressiveLoss(teacher.model.network.to(device), walk, clip_x0, "ddim")
+    if adversarial:
+        record["adversarial"] = adversarial
+        loss = AdversarialLoss(loss, adversarial, teacher.model.shape, seed).to(device)
+    log.info("round %d: a %d-step student halving the consistency student's %d-step walk %s%s", j, n, k,
+             [round(t, 1) for t in walk[:-1]], f", with an adversarial term of weight {adversarial:g}" if adversarial
+             else "")
+    return record, loss

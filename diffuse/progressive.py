@@ -111,10 +111,16 @@ class ProgressiveLoss:
     def __call__(self, network: nn.Module, objective: Objective, schedule: Schedule, x0: Tensor,
                  generator: torch.Generator, labels: Tensor | None = None, drop_prob: float = 0.0,
                  null_label: int | None = None, part: slice = slice(None)) -> Tensor:
-        """Salimans & Ho 2022, Alg. 2: x_t at a student timestep; two teacher steps give x_t''; the student's x0
-        target is the x0 from which one DDIM step lands there, (x_t'' - (sigma_t''/sigma_t) x_t) / (alpha_t'' -
-        (sigma_t''/sigma_t) alpha_t); the error is weighted by max(SNR_t, 1) ("truncated SNR", their eq. 9). The
-        draws (step, noise, label dropout, in that order) cover the whole batch, as in diffusion_loss."""
+        return self.terms(network, objective, schedule, x0, generator, labels, drop_prob, null_label, part)[0]
+
+    def terms(self, network: nn.Module, objective: Objective, schedule: Schedule, x0: Tensor,
+              generator: torch.Generator, labels: Tensor | None = None, drop_prob: float = 0.0,
+              null_label: int | None = None, part: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """(the loss, the student's x0 (b,C,H,W)). Salimans & Ho 2022, Alg. 2: x_t at a student timestep; two
+        teacher steps give x_t''; the student's x0 target is the x0 from which one DDIM step lands there,
+        (x_t'' - (sigma_t''/sigma_t) x_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t); the error is weighted by
+        max(SNR_t, 1) ("truncated SNR", their eq. 9). The draws (step, noise, label dropout, in that order) cover the
+        whole batch, as in diffusion_loss."""
         device = x0.device
         i, x0, eps, labels = walk_draws(len(self.student_ts) - 1, x0, generator, labels, drop_prob, null_label, part)
         t, t_mid, t_next = self.student_ts[i], self.teacher_ts[2 * i + 1], self.student_ts[i + 1]
@@ -128,4 +134,4 @@ class ProgressiveLoss:
             target = (x_next - ratio * x_t) / (alpha_next - ratio * alpha)  # (b,C,H,W)
         weight = (alpha / sigma).pow(2).clamp(min=1.0)  # (b,1,1,1)
         x0_student = predict(network, objective, schedule, x_t, t, labels)[1]
-        return (weight * (x0_student - target).pow(2)).mean()
+        return (weight * (x0_student - target).pow(2)).mean(), x0_student

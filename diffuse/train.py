@@ -142,6 +142,8 @@ def resume(job, opts: TrainOptions, world: World, model, ema, optimizer, generat
                     "exactly (they do not depend on the number of ranks), but dropout streams and the order of float "
                     "sums do, so the weights will not be bitwise those of an unbroken run", source, written_by,
                     world.size)
+    if hasattr(job.loss, "load_state"):  # a loss with training state of its own (diffuse.adversarial's critic)
+        job.loss.load_state(tensors, source, job.device)
     batches.seek(state["epoch"], state["position"])
     start = state["step"]
     if start >= opts.steps:
@@ -149,6 +151,11 @@ def resume(job, opts: TrainOptions, world: World, model, ema, optimizer, generat
                            f"raise train.steps to train further")
     log.info("resumed from %s at step %d", source, start)
     return start, state.get("nonfinite_skipped", 0)
+
+
+def loss_state(loss) -> dict:
+    """The tensors of a loss with training state of its own (diffuse.adversarial's critic), for a checkpoint."""
+    return loss.state_tensors() if hasattr(loss, "state_tensors") else {}
 
 
 def train(job, opts: TrainOptions) -> Path:
@@ -297,7 +304,7 @@ def train(job, opts: TrainOptions) -> Path:
                 stopping = stopping or (not world.active and stop.signal is not None)
                 if checkpoint or stopping:
                     path = checkpoints.save(step, model, ema, optimizer, generator, batches, skipped,
-                                            end if end < opts.steps else None)
+                                            end if end < opts.steps else None, loss_state(job.loss))
                     t_last = time.perf_counter()
                 if stopping and not last:
                     if stop.then_requeue is not None:  # e.g. submitit's requeue, now that the checkpoint is on disk

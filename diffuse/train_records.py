@@ -43,7 +43,8 @@ class Checkpointer:
         self.folder, self.opts, self.config, self.world = folder, opts, config, world
 
     def save(self, step: int, model, ema, optimizer, generator, batches: BatchIterator, skipped: int,
-             end: int | None) -> Path:
+             end: int | None, extra: dict | None = None) -> Path:
+        """`extra`: more tensors to keep (a loss's own training state, under its own prefix)."""
         if not finite(ema, model, optimizer):  # the same answer on every rank
             raise DiffuseError(f"non-finite weights at step {step}: not overwriting the last good checkpoint in "
                                f"{self.folder}; lower train.lr (now {self.opts.lr}) or use train.precision=fp32")
@@ -53,7 +54,7 @@ class Checkpointer:
             paths.insert(0, self.folder / f"step_{step:07d}.safetensors")
         if self.world.main:
             optim, groups = optimizer_tensors(optimizer)
-            tensors = {**state_tensors(ema, "ema."), **state_tensors(model, "model."), **optim, **rng}
+            tensors = {**state_tensors(ema, "ema."), **state_tensors(model, "model."), **optim, **rng, **(extra or {})}
             meta = checkpoint_metadata(step, self.config)
             meta[STATE_KEY] = encode(step, batches.epoch, batches.position, groups, skipped, self.world.size, end)
             save_checkpoint(paths, tensors, meta)

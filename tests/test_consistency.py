@@ -3,6 +3,7 @@ that walk's end has zero loss and samples, in 1, 2 or 4 DDIM steps, the teacher'
 distill method=consistency` through the real CLI: one student that walks each recorded step count, refuses others."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -181,15 +182,20 @@ def test_halve_walks_trains_a_progressive_student_from_the_consistency_students_
     walk = linear().timesteps(4, "trailing")
     consistency = consistency_run / "hv" / "consistency" / "checkpoints" / "last.safetensors"
     assert "halving the consistency student's 4-step walk [999" in proc.stdout, proc.stdout
+    assert "with an adversarial term of weight 0.5" in proc.stdout, proc.stdout  # the default halve_adversarial
     assert "the student for each step count: 1: consistency/, 2: steps_2/, 4: consistency/" in proc.stdout, proc.stdout
     halved, meta = load_checkpoint(consistency_run / "hv" / "steps_2")
     record = metadata_config(meta)["distill"]
     assert (record["method"], record["steps"], record["teacher_steps"], record["timesteps"], record["walks"]) == \
         ("progressive", 2, 4, walk[::2], [2])
     assert record["teacher"] == str(consistency) and (record["round"], record["rounds"]) == (2, 2)
+    assert record["adversarial"] == 0.5
     assert int(meta["step"]) == 3 and json.loads((consistency_run / "hv" / "steps_2" / "student.json").read_text())
     teacher = load_checkpoint(consistency)[0]
-    assert sorted(halved) == sorted(teacher) and any(not torch.equal(halved[k], teacher[k]) for k in halved)
+    critic = {k for k in halved if k.startswith("disc.")}  # the round's critic and its Adam moments: a resume's
+    assert {k.split(".")[1] for k in critic} == {"weights", "optim"}
+    assert sorted(set(halved) - critic) == sorted(teacher)
+    assert any(not torch.equal(halved[k], teacher[k]) for k in teacher)
     assert json.loads((consistency_run / "hv" / "distill.json").read_text())["halve_walks"] == [4]
     cli_in_process("sample", f"ckpt={consistency_run / 'hv' / 'steps_2'}", "steps=2", "n=3", "hydra.run.dir=s",
                    cwd=tmp_path)
@@ -197,6 +203,26 @@ def test_halve_walks_trains_a_progressive_student_from_the_consistency_students_
     assert (sampled["spacing"], sampled["timesteps"], sampled["nfe_per_image"]) == ("distilled", walk[::2], 2)
     cli_in_process("sample", f"ckpt={consistency_run / 'hv' / 'consistency'}", "steps=4", "n=2", "hydra.run.dir=c4",
                    cwd=tmp_path)
+
+
+def test_a_halving_round_resumes_with_its_critic_exactly(consistency_run, tmp_path):
+    """A halving round stopped after its first step (its step_0000001 checkpoint as last, no student.json) resumes
+    from it, critic and critic's Adam moments included, to the student, critic and moments of the unbroken round,
+    bitwise. A resume with another halve_adversarial is refused (the manifest records the weight)."""
+    args = ("ckpt=" + str(consistency_run / "teacher"), *DISTILL[:-1], "halve_walks=[4]")
+    cli_in_process("distill", *args, "hydra.run.dir=straight", cwd=tmp_path)
+    shutil.copytree(tmp_path / "straight", tmp_path / "cut")
+    round_dir = tmp_path / "cut" / "steps_2"
+    (round_dir / "student.json").unlink()
+    (round_dir / "checkpoints" / "step_0000001.safetensors").replace(round_dir / "checkpoints" / "last.safetensors")
+    proc = cli_in_process("distill", *args, "halve_adversarial=0.25", f"resume={tmp_path / 'cut'}",
+                          "hydra.run.dir=again", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "that distillation was made with halve_adversarial=0.5" in proc.stderr
+    cli_in_process("distill", *args, f"resume={tmp_path / 'cut'}", "hydra.run.dir=again", cwd=tmp_path)
+    straight, resumed = (load_checkpoint(d / "steps_2")[0] for d in (tmp_path / "straight", tmp_path / "cut"))
+    assert sorted(straight) == sorted(resumed) and any(k.startswith("disc.optim.") for k in straight)
+    different = [k for k in straight if not torch.equal(straight[k], resumed[k])]
+    assert not different, different[:5]
 
 
 def test_distill_refuses_an_unknown_method(consistency_run):

@@ -176,6 +176,9 @@ def test_a_student_refuses_other_step_counts_and_samplers(distilled, tmp_path, a
      "halve_share=0.5 must be a fraction of train.max_minutes above 0 and below 0.5 (each of the 2 halving "
      "round(s) trains that share; the consistency run, the rest)"),
     (("ckpt=teacher", "halve_share=0"), "halve_share=0.0 must be a fraction of train.max_minutes above 0 and below 1"),
+    (("ckpt=teacher", "halve_adversarial=-0.1"),
+     "halve_adversarial=-0.1 must be a finite weight >= 0 (the halving rounds' adversarial term; 0: none)"),
+    (("ckpt=teacher", "halve_adversarial=inf"), "halve_adversarial=inf must be a finite weight >= 0"),
     (("ckpt=d/steps_2",), "is itself a distilled student; distil its teacher"),
     (("ckpt=teacher", "teacher_steps=8", "method=progressive", "resume=d"),
      "resume=d: that distillation was made with teacher_steps=4"),

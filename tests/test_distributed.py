@@ -111,6 +111,23 @@ def test_a_students_walk_search_under_torchrun_is_that_of_one_process(two_ranks,
     assert walks[0] == walks[1] == {"2": one["timesteps"]}
 
 
+def test_a_halving_rounds_critic_trains_under_torchrun_as_in_one_process(two_ranks, tmp_path):
+    """The default distillation's halving round has a critic (halve_adversarial) whose gradients the ranks average,
+    as DDP averages the student's: the round rerun under 2 ranks from the same consistency student gives the one
+    process's student and critic, up to float sums."""
+    args = ("distill", f"ckpt={the_run(two_ranks)}", *DISTILL[:-2], "train.sample_every=0", "search_walks=[]")
+    run_cli(*args, "hydra.run.dir=one", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    shutil.rmtree(tmp_path / "two" / "steps_1")  # the round alone runs again
+    torchrun(*args, f"resume={tmp_path / 'two'}", cwd=tmp_path)
+    one, two = (load_file(tmp_path / d / "steps_1" / "checkpoints" / "last.safetensors") for d in ("one", "two"))
+    keys = [k for k in one if k.startswith(("model.", "ema.", "disc.weights."))]
+    assert sorted(keys) == sorted(k for k in two if k.startswith(("model.", "ema.", "disc.weights.")))
+    assert any(k.startswith("disc.weights.") for k in keys)
+    diffs = {k: (one[k] - two[k]).abs().max().item() for k in keys}
+    assert max(diffs.values()) < 1e-5, max(diffs.items(), key=lambda kv: kv[1])
+
+
 BROADCAST = """
 from diffuse import distributed
 from pathlib import Path
