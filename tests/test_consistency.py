@@ -172,13 +172,22 @@ def test_one_consistency_student_walks_every_step_count_it_records(consistency_r
     assert not (tmp_path / "s3" / "samples.npz").exists()
 
 
-def test_halve_walks_trains_a_progressive_student_from_the_consistency_students_walk(consistency_run, tmp_path):
+HALVE_4 = (*DISTILL[:-1], "halve_walks=[4]")  # the consistency student's whole 4-step walk halved into steps_2/
+
+
+@pytest.fixture(scope="module")
+def halved_run(consistency_run):
+    """`diffuse distill HALVE_4` of the teacher into consistency_run/hv: (its output)."""
+    return cli_in_process("distill", "ckpt=teacher", *HALVE_4, "hydra.run.dir=hv", cwd=consistency_run)
+
+
+def test_halve_walks_trains_a_progressive_student_from_the_consistency_students_walk(consistency_run, halved_run,
+                                                                                    tmp_path):
     """halve_walks=[4] over a 4-step walk (no search here: the 4-step walk is the whole walk): after the consistency
     student, a progressive round halves its walk into a 2-step student in steps_2/, started from that student, whose
     record names it as teacher; `diffuse sample steps=2` walks every other timestep of the halved walk, and the
     consistency student still walks 1, 2 and 4 steps."""
-    proc = cli_in_process("distill", "ckpt=teacher", *DISTILL[:-1], "halve_walks=[4]", "hydra.run.dir=hv",
-                          cwd=consistency_run)
+    proc = halved_run
     walk = linear().timesteps(4, "trailing")
     consistency = consistency_run / "hv" / "consistency" / "checkpoints" / "last.safetensors"
     assert "halving the consistency student's 4-step walk [999" in proc.stdout, proc.stdout
@@ -205,13 +214,12 @@ def test_halve_walks_trains_a_progressive_student_from_the_consistency_students_
                    cwd=tmp_path)
 
 
-def test_a_halving_round_resumes_with_its_critic_exactly(consistency_run, tmp_path):
+def test_a_halving_round_resumes_with_its_critic_exactly(consistency_run, halved_run, tmp_path):
     """A halving round stopped after its first step (its step_0000001 checkpoint as last, no student.json) resumes
     from it, critic and critic's Adam moments included, to the student, critic and moments of the unbroken round,
     bitwise. A resume with another halve_adversarial is refused (the manifest records the weight)."""
-    args = ("ckpt=" + str(consistency_run / "teacher"), *DISTILL[:-1], "halve_walks=[4]")
-    cli_in_process("distill", *args, "hydra.run.dir=straight", cwd=tmp_path)
-    shutil.copytree(tmp_path / "straight", tmp_path / "cut")
+    args = ("ckpt=" + str(consistency_run / "teacher"), *HALVE_4)
+    shutil.copytree(consistency_run / "hv", tmp_path / "cut")
     round_dir = tmp_path / "cut" / "steps_2"
     (round_dir / "student.json").unlink()
     (round_dir / "checkpoints" / "step_0000001.safetensors").replace(round_dir / "checkpoints" / "last.safetensors")
@@ -219,7 +227,7 @@ def test_a_halving_round_resumes_with_its_critic_exactly(consistency_run, tmp_pa
                           "hydra.run.dir=again", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "that distillation was made with halve_adversarial=0.5" in proc.stderr
     cli_in_process("distill", *args, f"resume={tmp_path / 'cut'}", "hydra.run.dir=again", cwd=tmp_path)
-    straight, resumed = (load_checkpoint(d / "steps_2")[0] for d in (tmp_path / "straight", tmp_path / "cut"))
+    straight, resumed = (load_checkpoint(d / "steps_2")[0] for d in (consistency_run / "hv", tmp_path / "cut"))
     assert sorted(straight) == sorted(resumed) and any(k.startswith("disc.optim.") for k in straight)
     different = [k for k in straight if not torch.equal(straight[k], resumed[k])]
     assert not different, different[:5]

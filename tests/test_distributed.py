@@ -92,14 +92,28 @@ def test_eval_under_torchrun_scores_the_images_of_one_process(two_ranks, eval_ca
     assert one == two
 
 
-def test_a_students_walk_search_under_torchrun_is_that_of_one_process(two_ranks, eval_cache, tmp_path):
+def distill_args(two_ranks: Path) -> tuple[str, ...]:
+    """The default distillation (consistency, then the 1-step halving round with its critic) of the two-rank run."""
+    return ("distill", f"ckpt={the_run(two_ranks)}", *DISTILL[:-2], "train.sample_every=0")
+
+
+@pytest.fixture(scope="module")
+def distilled_once(two_ranks, tmp_path_factory) -> Path:
+    """The default distillation of the two-rank run in one process (one thread, as each torchrun rank has), without
+    the walk search: DIR/one."""
+    cwd = tmp_path_factory.mktemp("distilled_once")
+    run_cli(*distill_args(two_ranks), "search_walks=[]", "hydra.run.dir=one", cwd=cwd, env={"OMP_NUM_THREADS": "1"})
+    return cwd / "one"
+
+
+def test_a_students_walk_search_under_torchrun_is_that_of_one_process(two_ranks, distilled_once, eval_cache, tmp_path):
     """A trained consistency student (search_walks=[]) resumed with search_walks=[2], in one process and under
     torchrun (each rank draws its share of every walk's images, rank 0 scores them, and all follow its scores):
     the same FID for every candidate walk, the same walk chosen and written into the checkpoint."""
-    args = ("distill", f"ckpt={the_run(two_ranks)}", *DISTILL[:-2], "train.sample_every=0")  # the default: consistency
+    args = distill_args(two_ranks)
     cache = {"DIFFUSE_CACHE": str(eval_cache)}
-    run_cli(*args, "search_walks=[]", "hydra.run.dir=one", cwd=tmp_path, env={**cache, "OMP_NUM_THREADS": "1"})
-    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    shutil.copytree(distilled_once, tmp_path / "one")
+    shutil.copytree(distilled_once, tmp_path / "two")
     search = ("search_walks=[2]", "search_n=10")
     run_cli(*args, *search, f"resume={tmp_path / 'one'}", cwd=tmp_path, env={**cache, "OMP_NUM_THREADS": "1"})
     torchrun(*args, *search, f"resume={tmp_path / 'two'}", cwd=tmp_path, env=cache)
@@ -111,16 +125,15 @@ def test_a_students_walk_search_under_torchrun_is_that_of_one_process(two_ranks,
     assert walks[0] == walks[1] == {"2": one["timesteps"]}
 
 
-def test_a_halving_rounds_critic_trains_under_torchrun_as_in_one_process(two_ranks, tmp_path):
+def test_a_halving_rounds_critic_trains_under_torchrun_as_in_one_process(two_ranks, distilled_once, tmp_path):
     """The default distillation's halving round has a critic (halve_adversarial) whose gradients the ranks average,
     as DDP averages the student's: the round rerun under 2 ranks from the same consistency student gives the one
     process's student and critic, up to float sums."""
-    args = ("distill", f"ckpt={the_run(two_ranks)}", *DISTILL[:-2], "train.sample_every=0", "search_walks=[]")
-    run_cli(*args, "hydra.run.dir=one", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
-    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    shutil.copytree(distilled_once, tmp_path / "two")
     shutil.rmtree(tmp_path / "two" / "steps_1")  # the round alone runs again
-    torchrun(*args, f"resume={tmp_path / 'two'}", cwd=tmp_path)
-    one, two = (load_file(tmp_path / d / "steps_1" / "checkpoints" / "last.safetensors") for d in ("one", "two"))
+    torchrun(*distill_args(two_ranks), "search_walks=[]", f"resume={tmp_path / 'two'}", cwd=tmp_path)
+    one, two = (load_file(d / "steps_1" / "checkpoints" / "last.safetensors")
+                for d in (distilled_once, tmp_path / "two"))
     keys = [k for k in one if k.startswith(("model.", "ema.", "disc.weights."))]
     assert sorted(keys) == sorted(k for k in two if k.startswith(("model.", "ema.", "disc.weights.")))
     assert any(k.startswith("disc.weights.") for k in keys)
