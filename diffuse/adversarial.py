@@ -64,7 +64,7 @@ class AdversarialLoss:
         self.to(x0_student.device)
         fake, real = x0_student.clamp(-1, 1), x0[part].float()  # (b,C,H,W) each
         with torch.autocast(x0.device.type, enabled=False):  # the critic in fp32: it is small
-            d_loss = torch.relu(1 - self.disc(real)).mean() + torch.relu(1 + self.disc(fake.detach().float())).mean()
+            d_loss = torch.relu(1 - self.disc(real)).mean() + torch.relu(1 + self.disc(fake.detach())).mean()
             self.opt.zero_grad(set_to_none=True)
             d_loss.backward()
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -73,7 +73,7 @@ class AdversarialLoss:
                     p.grad /= dist.get_world_size()
             self.opt.step()
             self.disc.requires_grad_(False)  # the generator's term reaches the student only
-            g_loss = -self.disc(fake.float()).mean()
+            g_loss = -self.disc(fake).mean()
             self.disc.requires_grad_(True)
         return loss + self.weight * g_loss
 

@@ -32,7 +32,7 @@ from diffuse.schedule import SPACINGS
 from diffuse.student_walks import search_counts, search_walks, searchable, training_minutes
 from diffuse.train import TrainOptions, train
 from diffuse.train_state import read_resume
-from diffuse.validate import seed as check_seed
+from diffuse.validate import doubles_to, seed as check_seed
 from diffuse.walk_file import every
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,6 @@ FREE = ("search_walks", "search_n")  # settings a resumed distillation may chang
 # each method's teacher walk where teacher_steps / teacher_solver are null: (steps, solver); benchmarks/RESULTS.md
 # ("The default teacher walk"): consistency students of the Heun 8-step walk beat those of DDIM's 16 at 1, 2 and 4 steps
 METHODS = {"progressive": (16, "ddim"), "consistency": (8, "heun")}
-
-
-def doubles_to(small: int, big: int) -> bool:
-    """Whether big is small times a power of 2 (1, 2, 4, ...), both >= 1: a walk that doubles from small reaches big."""
-    ratio = big // small if small >= 1 else 0
-    return ratio >= 1 and ratio * small == big and not ratio & (ratio - 1)
 
 
 @dataclass(frozen=True)
@@ -280,8 +274,7 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
         students = [train_student(job, opts, 1, job.out_dir / "consistency", record, loss, rest, job.search_walks)]
         halving = replace(opts.train, max_minutes=minutes * opts.halve_share)
         for j, k in enumerate(opts.halve_walks, start=2):  # diffuse.halving: progressive rounds from its walks
-            record, loss = halving_round(students[0], k, j, 1 + len(opts.halve_walks), opts.clip_x0, first, job.device,
-                                         opts.halve_adversarial, job.seed + j)
+            record, loss = halving_round(students[0], k, j, opts, first, job.device, job.seed + j)
             students.append(train_student(job, opts, j, job.out_dir / f"steps_{k // 2}", record, loss, halving, []))
         where = ", ".join(f"{n}: steps_{n}/" if 2 * n in opts.halve_walks else f"{n}: consistency/" for n in opts.walks)
         log.info("distilled in %.1f s; the student for each step count: %s", time.perf_counter() - began, where)

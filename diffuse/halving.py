@@ -54,12 +54,13 @@ def halve_counts(opts) -> list[int]:
     return list(given)
 
 
-def halving_round(consistency: Path, k: int, j: int, rounds: int, clip_x0: bool, first: dict,
-                  device: torch.device, adversarial: float = 0.0,
-                  seed: int = 0) -> tuple[dict, ProgressiveLoss | AdversarialLoss]:
+def halving_round(consistency: Path, k: int, j: int, opts, first: dict, device: torch.device,
+                  seed: int) -> tuple[dict, ProgressiveLoss | AdversarialLoss]:
     """Round j's distill record and loss: the consistency student at `consistency` (EMA) walks its k-step walk as
     `diffuse sample steps=k` walks it, and the k/2-step student (started from it) every other timestep of that walk;
-    with `adversarial` > 0, the loss gains that weight of diffuse.adversarial's term (its critic from `seed`)."""
+    with the DistillOptions' halve_adversarial > 0, the loss gains that weight of diffuse.adversarial's term (its
+    critic from `seed`)."""
+    rounds, clip_x0, adversarial = 1 + len(opts.halve_walks), opts.clip_x0, opts.halve_adversarial
     teacher = load_model(consistency, "ema")
     walk = list(student_walk(teacher, k, False, None))
     n, student_ts = k // 2, halve(walk)

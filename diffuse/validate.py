@@ -40,3 +40,9 @@ def seed(value: Any) -> int:
     if not is_int(value) or not 0 <= value < 2**40:
         raise DiffuseError(f"seed must be an integer in 0..2^40, got {value!r}")
     return value
+
+
+def doubles_to(small: int, big: int) -> bool:
+    """Whether big is small times a power of 2 (1, 2, 4, ...), both >= 1: a walk that doubles from small reaches big."""
+    ratio = big // small if small >= 1 else 0
+    return ratio >= 1 and ratio * small == big and not ratio & (ratio - 1)
