@@ -1,15 +1,15 @@
 """The halving round alone, side by side: on each `diffuse distill` folder whose consistency student is trained, the
-round that halves its 2-step walk into a 1-step student, run again with each halve_adversarial weight, and the
-classifier FID of each 1-step student.
+round that halves its K-step walk (by default 2) into a K/2-step student, run again with each halve_adversarial
+weight, and the classifier FID of each K/2-step student.
 
     python benchmarks/halving_round.py --teacher CKPT --out DIR --runs RUN[,RUN...] [--weights 0,0.5]
-        [--n 10000] [--minutes 10] [--share 0.15]
+        [--walk 2] [--n 10000] [--minutes 10] [--share 0.15]
 
-For each RUN and weight W, DIR/<RUN's name>_w<W>/ gets a copy of RUN's consistency/ and distill.json (its
-halve_walks, halve_share and halve_adversarial set to [2], SHARE and W), and `diffuse distill ckpt=CKPT
+For each RUN and weight W, DIR/<RUN's name>_k<K>_w<W>/ gets a copy of RUN's consistency/ and distill.json (its
+halve_walks, halve_share and halve_adversarial set to [K], SHARE and W), and `diffuse distill ckpt=CKPT
 resume=THAT seed=RUN's seed halve_adversarial=W halve_share=SHARE train.max_minutes=MINUTES` trains the round alone
-(the consistency student and its walk search are done): SHARE x MINUTES minutes. Then `diffuse eval steps=1` scores
-its steps_1/. The weights' order alternates from run to run. Writes DIR/halving_round.{json,md}.
+(the consistency student and its walk search are done): SHARE x MINUTES minutes. Then `diffuse eval steps=K/2`
+scores its steps_{K/2}/. The weights' order alternates from run to run. Writes DIR/halving_round.{json,md}.
 """
 
 from __future__ import annotations
@@ -28,23 +28,26 @@ from time_to_quality import DIFFUSE, sh  # noqa: E402
 
 
 def round_again(args, run: Path, weight: float) -> dict:
-    """The 1-step round of `run`'s consistency student at `weight`, trained (unless done) and scored."""
-    folder = args.out / f"{run.name}_w{weight:g}"
-    if not (folder / "steps_1" / "student.json").exists():
+    """The round halving `run`'s consistency student's args.walk-step walk at `weight`, trained (unless done) and
+    scored."""
+    half = args.walk // 2
+    folder = args.out / f"{run.name}_k{args.walk}_w{weight:g}"
+    if not (folder / f"steps_{half}" / "student.json").exists():
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(run / "consistency", folder / "consistency")
         manifest = json.loads((run / "distill.json").read_text())
-        manifest.update(halve_walks=[2], halve_share=args.share, halve_adversarial=weight)
+        manifest.update(halve_walks=[args.walk], halve_share=args.share, halve_adversarial=weight)
         (folder / "distill.json").write_text(json.dumps(manifest, indent=2) + "\n")
         sh([*DIFFUSE, "distill", f"ckpt={args.teacher}", f"resume={folder}", f"seed={manifest['seed']}",
             f"halve_adversarial={weight}", f"halve_share={args.share}", f"train.max_minutes={args.minutes}",
             f"hydra.run.dir={folder}.run"], folder.with_suffix(".log"))
-    student = json.loads((folder / "steps_1" / "student.json").read_text())
+    student = json.loads((folder / f"steps_{half}" / "student.json").read_text())
     log = folder.with_suffix(".log").read_text()  # the round's output: "done: steps 1..N in S s"
     steps = next((line.split("done: steps 1..")[1].split(" ")[0] for line in log.splitlines() if "done: steps" in line),
                  None)
-    return {"run": run.name, "weight": weight, "round_s": student["seconds"], "round_steps": steps,
-            **evaluate(args, f"eval_{folder.name}", folder / "steps_1", 1, ["floor=false", "save_reference=false"])}
+    return {"run": run.name, "walk": args.walk, "weight": weight, "round_s": student["seconds"], "round_steps": steps,
+            **evaluate(args, f"eval_{folder.name}", folder / f"steps_{half}", half,
+                       ["floor=false", "save_reference=false"])}
 
 
 def main() -> None:
@@ -53,6 +56,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--runs", required=True, help="diffuse distill folders with a trained consistency/ student")
     ap.add_argument("--weights", default="0,0.5")
+    ap.add_argument("--walk", type=int, default=2, help="the consistency student's walk the round halves (even)")
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--minutes", type=float, default=10.0, help="train.max_minutes (the round trains SHARE of it)")
     ap.add_argument("--share", type=float, default=0.15)
@@ -68,11 +72,12 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python"] + sys.argv),
             "machine": f"{platform.processor() or platform.machine()}; {platform.platform()}"}
     (args.out / "halving_round.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"The halving round again, classifier FID at n={args.n} of the 1-step student ({meta['date']}; "
+    lines = [f"The halving round of the {args.walk}-step walk again, classifier FID at n={args.n} of the "
+             f"{args.walk // 2}-step student ({meta['date']}; "
              f"`{meta['command']}`; {meta['machine']})", "",
-             "| consistency run | halve_adversarial | round steps in s | FID | precision | recall |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['run']} | {r['weight']:g} | {r['round_steps']} in {r['round_s']} | {r['fid']} | "
+             "| consistency run | walk halved | halve_adversarial | round steps in s | FID | precision | recall |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['walk']} | {r['weight']:g} | {r['round_steps']} in {r['round_s']} | {r['fid']} | "
               f"{r['precision']} | {r['recall']} |" for r in sorted(rows, key=lambda r: (r["run"], r["weight"]))]
     (args.out / "halving_round.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,15 +1,18 @@
-"""An adversarial term for a distillation round (as adversarial diffusion distillation adds one to its distillation
+"""An adversarial term for a distillation loss (as adversarial diffusion distillation adds one to its distillation
 loss: Sauer et al. 2023, eq. 5): a discriminator trained beside the student, with the hinge loss (Lim & Ye 2017) and
 spectral normalisation (Miyato et al. 2018), tells the training split's images from the student's x0; the student's
 loss gains -weight * D(x0). Pure: no I/O; the discriminator's weights start from the caller's seed."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from diffuse import DiffuseError
+from diffuse.consistency import ConsistencyLoss, Curriculum
 from diffuse.objectives import Objective
 from diffuse.progressive import ProgressiveLoss
 from diffuse.schedule import Schedule
@@ -34,26 +37,34 @@ def discriminator(channels: int, size: int) -> nn.Module:
 
 
 class AdversarialLoss:
-    """A progressive round's loss (`base`) plus `weight` times the hinge generator loss -D(x0) of the student's x0
-    (clamped to [-1, 1] as sampling does). Each call first trains the discriminator one Adam step on the batch's real
-    images against the student's (detached) x0: mean(relu(1 - D(real))) + mean(relu(1 + D(fake))). Under
-    torch.distributed, its gradients are averaged over the ranks, as DDP averages the student's.
-    `state_tensors` / `load_state` carry the discriminator and its Adam moments through a checkpoint, so a resumed
-    round continues exactly."""
+    """A distillation loss (`base`: a halving round's, a consistency run's, or a consistency Curriculum) plus `weight`
+    times the hinge generator loss -D(x0) of the student's x0 (clamped to [-1, 1] as sampling does). Each call first
+    trains the discriminator one Adam step on the batch's real images against the student's (detached) x0:
+    mean(relu(1 - D(real))) + mean(relu(1 + D(fake))). Under torch.distributed, its gradients are averaged over the
+    ranks, as DDP averages the student's. `state_tensors` / `load_state` carry the discriminator and its Adam moments
+    through a checkpoint, so a resumed run continues exactly."""
 
-    def __init__(self, base: ProgressiveLoss, weight: float, shape: tuple[int, int, int], seed: int):
+    def __init__(self, base: ProgressiveLoss | ConsistencyLoss | Curriculum, weight: float,
+                 shape: tuple[int, int, int], seed: int):
         if shape[1] != shape[2]:
             raise DiffuseError(f"the adversarial term's discriminator takes square images, got {list(shape)}")
         self.base, self.weight, self.teacher = base, weight, base.teacher
         with torch.random.fork_rng(devices=[]):  # its initial weights: the seed's, whatever ran before
             torch.manual_seed(seed)
             self.disc = discriminator(shape[0], shape[1])
-        self.opt: torch.optim.Optimizer | None = None  # made on the first call, on the student's device
+        self.opt = torch.optim.Adam(self.disc.parameters(), lr=LR, betas=BETAS)  # its state: made at its first step
 
     def to(self, device: torch.device) -> AdversarialLoss:
-        self.disc.to(device)
-        self.opt = self.opt or torch.optim.Adam(self.disc.parameters(), lr=LR, betas=BETAS)
+        self.disc.to(device)  # in place: the optimizer's parameters move with it
         return self
+
+    def at(self, step: int, end: int) -> AdversarialLoss:
+        """The term over a Curriculum's loss of step `step` of `end` (the same critic); itself over any other loss."""
+        if not isinstance(self.base, Curriculum):
+            return self
+        staged = copy.copy(self)
+        staged.base = self.base.at(step, end)
+        return staged
 
     def __call__(self, network: nn.Module, objective: Objective, schedule: Schedule, x0: Tensor,
                  generator: torch.Generator, labels: Tensor | None = None, drop_prob: float = 0.0,
@@ -80,7 +91,6 @@ class AdversarialLoss:
     def state_tensors(self) -> dict[str, Tensor]:
         """The discriminator's weights (spectral norm's vectors included) and Adam moments, for a checkpoint: copies,
         so that training on does not change them."""
-        self.to(next(self.disc.parameters()).device)
         optim = optimizer_tensors(self.opt)[0]
         weights = {f"{PREFIX}weights.{k}": v.detach().cpu() for k, v in self.disc.state_dict().items()}
         return {k: v.clone(memory_format=torch.contiguous_format) for k, v in

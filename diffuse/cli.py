@@ -100,7 +100,7 @@ TASKS = {"train": ("diffuse.train:TrainOptions", "train", "diffuse.run:build_tra
          "sample": ("diffuse.sample:SampleOptions", None, "diffuse.run:build_sample", "diffuse.sample:sample"),
          "eval": ("diffuse.evaluate:EvalOptions", None, "diffuse.eval_job:build_eval", "diffuse.evaluate:evaluate"),
          "tune-steps": ("diffuse.tune_steps:TuneOptions", None, "diffuse.run:build_tune", "diffuse.tune_steps:tune_steps"),
-         "distill": ("diffuse.distill:DistillOptions", None, "diffuse.distill:build_distill", "diffuse.distill:distill"),
+         "distill": ("diffuse.distill_options:DistillOptions", None, "diffuse.distill:build_distill", "diffuse.distill:distill"),
          "interpolate": ("diffuse.interpolate:InterpolateOptions", None, "diffuse.interpolate:build_interpolate",
                          "diffuse.interpolate:interpolate")}
 

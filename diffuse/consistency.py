@@ -32,8 +32,14 @@ class ConsistencyLoss:
     def __call__(self, network: nn.Module, objective: Objective, schedule: Schedule, x0: Tensor,
                  generator: torch.Generator, labels: Tensor | None = None, drop_prob: float = 0.0,
                  null_label: int | None = None, part: slice = slice(None)) -> Tensor:
-        """x_t at walk step i (uniform); one teacher step gives x_t' at step i+1; the target is the student's own
-        x0 there (no gradient), or x_t' itself when t' = -1 (the teacher's x0); distance: pseudo-Huber, weight 1.
+        return self.terms(network, objective, schedule, x0, generator, labels, drop_prob, null_label, part)[0]
+
+    def terms(self, network: nn.Module, objective: Objective, schedule: Schedule, x0: Tensor,
+              generator: torch.Generator, labels: Tensor | None = None, drop_prob: float = 0.0,
+              null_label: int | None = None, part: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """(the loss, the student's x0 (b,C,H,W)). x_t at walk step i (uniform); one teacher step gives x_t' at step
+        i+1; the target is the student's own x0 there (no gradient), or x_t' itself when t' = -1 (the teacher's x0);
+        distance: pseudo-Huber, weight 1.
         The teacher steps with `solver`: ddim (one evaluation) or heun (two, second order).
         The draws (step, noise, label dropout, in that order) cover the whole batch, as in diffusion_loss."""
         device, steps = x0.device, len(self.ts) - 1
@@ -48,7 +54,7 @@ class ConsistencyLoss:
             own = denoised(network, objective, schedule, x_next, t_own, labels, self.clip_x0)
             target = torch.where(end, x_next, own)  # (b,C,H,W)
         x0_student = predict(network, objective, schedule, x_t, t, labels)[1]
-        return pseudo_huber(x0_student, target).mean()
+        return pseudo_huber(x0_student, target).mean(), x0_student
 
 
 class Curriculum:

@@ -12,7 +12,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -20,19 +19,20 @@ from omegaconf import DictConfig, OmegaConf
 from diffuse import DiffuseError, conf, config as nodes, distributed
 from diffuse.checkpoint import LAST, LoadedModel, load_model, write_atomic
 from diffuse.config import OPTIMIZERS, build
+from diffuse.adversarial import AdversarialLoss
 from diffuse.consistency import ConsistencyLoss, Curriculum
 from diffuse.data import ImageData
 from diffuse.denoiser import DiffusionModel
 from diffuse.features.cache import sha256
-from diffuse.halving import halve_counts, halving_round
-from diffuse.progressive import TEACHER_STEPS, ProgressiveLoss, halve
+from diffuse.distill_options import DistillOptions
+from diffuse.halving import halving_round
+from diffuse.progressive import ProgressiveLoss, halve
 from diffuse.run import Context, TrainJob, dataset_builder
 from diffuse.sampler_choice import checked_sampler
-from diffuse.schedule import SPACINGS
-from diffuse.student_walks import search_counts, search_walks, searchable, training_minutes
+from diffuse.student_walks import search_walks, searchable, training_minutes
 from diffuse.train import TrainOptions, train
 from diffuse.train_state import read_resume
-from diffuse.validate import doubles_to, seed as check_seed
+from diffuse.validate import seed as check_seed
 from diffuse.walk_file import every
 
 log = logging.getLogger(__name__)
@@ -40,83 +40,8 @@ log = logging.getLogger(__name__)
 MANIFEST, STUDENT, FORMAT = "distill.json", "student.json", "diffuse-distill/1"
 # settings distill.json gained later: what a folder written before them meant
 IMPLIED = {"teacher_solver": "ddim", "teacher_steps_start": None, "halve_walks": [], "halve_share": 0.3,
-           "halve_adversarial": 0.0}
+           "halve_adversarial": 0.0, "adversarial": 0.0}
 FREE = ("search_walks", "search_n")  # settings a resumed distillation may change: they choose walks after training
-# each method's teacher walk where teacher_steps / teacher_solver are null: (steps, solver); benchmarks/RESULTS.md
-# ("The default teacher walk"): consistency students of the Heun 8-step walk beat those of DDIM's 16 at 1, 2 and 4 steps
-METHODS = {"progressive": (16, "ddim"), "consistency": (8, "heun")}
-
-
-@dataclass(frozen=True)
-class DistillOptions:
-    """The options of `diffuse distill` (defaults: conf/distill.yaml, and conf/train_options.yaml for train.*).
-    train.max_minutes is the distillation's budget: progressive rounds share it evenly; a consistency run has what its
-    halving rounds and walk search leave (student_walks.training_minutes). train.steps caps each round."""
-
-    method: str  # progressive (rounds of halving) | consistency (one run over the teacher's walk)
-    teacher_steps: int | None  # the teacher's walk that the first round halves (None: the method's, METHODS)
-    student_steps: int  # the last round's student; each round halves the steps
-    spacing: str  # the spacing of the teacher's walk
-    teacher_solver: str | None  # the teacher's step along its walk: ddim | heun (second order, two evaluations;
-    # None: the method's, METHODS)
-    teacher_steps_start: int | None  # consistency: the teacher's walk starts this long and doubles up to teacher_steps
-    clip_x0: bool  # clamp the teacher's x0 to [-1, 1] in its steps, as its sampling does
-    search_walks: Any  # consistency: the step counts whose walk is chosen by FID (auto: see checked_search)
-    search_n: int  # images per walk the search scores
-    halve_walks: Any  # consistency: step counts k whose walk a progressive round halves (k/2 steps; auto: halving.AUTO)
-    halve_share: float  # each halving round's share of train.max_minutes (the consistency run's: training_minutes)
-    halve_adversarial: float  # the weight of the halving rounds' adversarial term (diffuse.adversarial; 0: none)
-    train: TrainOptions
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise DiffuseError(f"method={self.method!r} is not a distillation method; allowed: {', '.join(METHODS)}")
-        steps, solver = METHODS[self.method]
-        if self.teacher_steps is None:  # resolved here, so distill.json and the students record the walk taken
-            object.__setattr__(self, "teacher_steps", steps)
-        if self.teacher_solver is None:
-            object.__setattr__(self, "teacher_solver", solver)
-        if self.teacher_steps <= self.student_steps or not doubles_to(self.student_steps, self.teacher_steps):
-            raise DiffuseError(f"teacher_steps must be student_steps times a power of 2 (each round halves the steps), "
-                               f"got teacher_steps={self.teacher_steps} and student_steps={self.student_steps}")
-        if self.spacing not in SPACINGS:
-            raise DiffuseError(f"spacing={self.spacing!r} is not a spacing; allowed: {', '.join(SPACINGS)}")
-        if self.teacher_solver not in TEACHER_STEPS:
-            raise DiffuseError(f"teacher_solver={self.teacher_solver!r} is not a teacher's solver; allowed: "
-                               f"{', '.join(TEACHER_STEPS)}")
-        start = self.teacher_steps_start
-        if start is not None:
-            if self.method != "consistency":
-                raise DiffuseError(f"teacher_steps_start={start} is consistency distillation's curriculum; "
-                                   f"method={self.method} halves its walk in rounds instead: leave it null")
-            if start >= self.teacher_steps or not doubles_to(start, self.teacher_steps):
-                raise DiffuseError(f"teacher_steps_start={start} must be teacher_steps={self.teacher_steps} divided by "
-                                   f"a power of 2 (the walk doubles up to it), or null (no curriculum)")
-        self.checked_search()
-        object.__setattr__(self, "halve_walks", halve_counts(self))  # auto resolved: distill.json records the rounds
-
-    def checked_search(self, data: ImageData | None = None) -> list[int]:
-        """search_walks resolved (diffuse.student_walks.search_counts)."""
-        return search_counts(self, data)
-
-    @property
-    def rounds(self) -> int:
-        """Progressive distillation's rounds (one run for consistency distillation)."""
-        return (self.teacher_steps // self.student_steps).bit_length() - 1 if self.method == "progressive" else 1
-
-    @property
-    def walks(self) -> list[int]:
-        """The step counts the students walk: student_steps, twice that, ... below teacher_steps (progressive: one
-        student each), or up to teacher_steps itself (consistency: one student for all)."""
-        top = (self.teacher_steps // self.student_steps).bit_length() - (self.method == "progressive")
-        return [self.student_steps << j for j in range(top)]
-
-    @property
-    def curriculum(self) -> list[int]:
-        """The teacher's walk lengths over a consistency run, each for an equal share of its steps: teacher_steps_start,
-        twice that, ... teacher_steps (iCT's growing discretisation); [teacher_steps] without a curriculum."""
-        n = self.teacher_steps_start or self.teacher_steps
-        return [n << j for j in range((self.teacher_steps // n).bit_length())]
 
 
 @dataclass(eq=False)
@@ -264,12 +189,16 @@ def distill(job: DistillJob, opts: DistillOptions) -> Path:
                   "teacher_solver": opts.teacher_solver, **first}
         if opts.teacher_steps_start is not None:
             record["teacher_steps_start"] = opts.teacher_steps_start
-        log.info("consistency distillation of %s over its %s-step walk%s: a student of %s steps", teacher_path,
+        log.info("consistency distillation of %s over its %s-step walk%s: a student of %s steps%s", teacher_path,
                  " -> ".join(map(str, opts.curriculum)), ", each for an equal share of the run" if
-                 len(opts.curriculum) > 1 else "", ", ".join(map(str, opts.walks)))
+                 len(opts.curriculum) > 1 else "", ", ".join(map(str, opts.walks)),
+                 f", with an adversarial term of weight {opts.adversarial:g}" if opts.adversarial else "")
         losses = [ConsistencyLoss(teacher, job.teacher.model.schedule.timesteps(n, opts.spacing), opts.clip_x0,
                                   opts.teacher_solver) for n in opts.curriculum]  # the last walks ts
         loss, minutes = Curriculum(losses) if len(losses) > 1 else losses[0], opts.train.max_minutes
+        if opts.adversarial:
+            record["adversarial"] = opts.adversarial
+            loss = AdversarialLoss(loss, opts.adversarial, job.teacher.model.shape, job.seed + 1).to(job.device)
         rest = replace(opts.train, max_minutes=training_minutes(job, opts, job.out_dir / "consistency"))
         students = [train_student(job, opts, 1, job.out_dir / "consistency", record, loss, rest, job.search_walks)]
         halving = replace(opts.train, max_minutes=minutes * opts.halve_share)

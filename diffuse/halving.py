@@ -6,7 +6,6 @@ and builds each round's record and loss; diffuse.distill runs them."""
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from diffuse import DiffuseError
 from diffuse.adversarial import AdversarialLoss
 from diffuse.checkpoint import load_model
 from diffuse.progressive import ProgressiveLoss, halve
-from diffuse.validate import is_int
+from diffuse.validate import is_int, weight
 from diffuse.walk_file import student_walk
 
 log = logging.getLogger(__name__)
@@ -47,10 +46,7 @@ def halve_counts(opts) -> list[int]:
         raise DiffuseError(f"halve_share={share!r} must be a fraction of train.max_minutes above 0 and below "
                            f"{1 / max(len(given), 1):g} (each of the {len(given)} halving round(s) trains that "
                            f"share; the consistency run, the rest)")
-    weight = opts.halve_adversarial
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight < math.inf:
-        raise DiffuseError(f"halve_adversarial={weight!r} must be a finite weight >= 0 (the halving rounds' "
-                           f"adversarial term; 0: none)")
+    weight(opts.halve_adversarial, "halve_adversarial", "the halving rounds' adversarial term")
     return list(given)
 
 

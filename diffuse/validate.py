@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from diffuse import DiffuseError
@@ -46,3 +47,10 @@ def doubles_to(small: int, big: int) -> bool:
     """Whether big is small times a power of 2 (1, 2, 4, ...), both >= 1: a walk that doubles from small reaches big."""
     ratio = big // small if small >= 1 else 0
     return ratio >= 1 and ratio * small == big and not ratio & (ratio - 1)
+
+
+def weight(value: Any, name: str, what: str) -> float:
+    """A loss term's weight: a finite number >= 0 (0: the term is off); `what` names the term in the error."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+        raise DiffuseError(f"{name}={value!r} must be a finite weight >= 0 ({what}; 0: none)")
+    return float(value)

@@ -7,6 +7,7 @@ from torch import nn
 
 from diffuse import DiffuseError
 from diffuse.adversarial import AdversarialLoss, discriminator
+from diffuse.consistency import ConsistencyLoss, Curriculum
 from diffuse.objectives.ddpm import DDPM
 from diffuse.progressive import ProgressiveLoss
 from diffuse.schedules.linear import linear
@@ -71,18 +72,37 @@ def test_the_critic_learns_real_from_fake_and_its_term_moves_the_student_towards
     assert moved[0.5].mean() > -0.5 + 0.03, moved[0.5]
 
 
-def test_the_term_adds_weight_times_the_critics_verdict_to_the_base_loss_with_the_same_draws():
-    """loss = base + weight * -D(x0) with D after its step; the generator's draws are the base loss's alone."""
+@pytest.mark.parametrize("kind", [ProgressiveLoss, ConsistencyLoss])
+def test_the_term_adds_weight_times_the_critics_verdict_to_the_base_loss_with_the_same_draws(kind):
+    """loss = base + weight * -D(x0) with D after its step, over a halving round's loss or a consistency run's; the
+    generator's draws are the base loss's alone."""
     schedule, objective = linear(), DDPM(prediction="x0")
     x0, student = real_images(8, 0), Constant(-0.2)
-    plain = ProgressiveLoss(Constant(-0.5), linear().timesteps(2, "trailing"))
+    plain = kind(Constant(-0.5), linear().timesteps(2, "trailing"))
     base = plain(student, objective, schedule, x0, torch.Generator().manual_seed(3))
-    loss = round_loss(0.25)
+    loss = AdversarialLoss(kind(Constant(-0.5), linear().timesteps(2, "trailing")), 0.25, SHAPE, 0)
     g = torch.Generator().manual_seed(3)
     total = loss(student, objective, schedule, x0, g)
     assert torch.equal(g.get_state(), plain_state(plain, student, objective, schedule, x0))
     verdict = -loss.disc(student.image.expand(8, *SHAPE).clamp(-1, 1)).mean()
     torch.testing.assert_close(total, base + 0.25 * verdict)
+
+
+def test_over_a_curriculum_each_step_takes_its_stages_loss_and_the_one_critic():
+    """A consistency curriculum's term: `at(step, end)` gives the term over that step's loss (the training loop asks
+    it), with the critic and its optimizer shared, so every stage trains the one critic; over a loss without stages
+    `at` is the term itself."""
+    losses = [ConsistencyLoss(Constant(-0.5), linear().timesteps(n, "trailing")) for n in (2, 4)]
+    loss = AdversarialLoss(Curriculum(losses), 0.5, SHAPE, 0)
+    first, last = loss.at(1, 10), loss.at(10, 10)
+    assert (first.base, last.base) == (losses[0], losses[1]) and loss.teacher is losses[-1].teacher
+    assert first.disc is last.disc is loss.disc and first.opt is last.opt is loss.opt
+    before = {k: v.clone() for k, v in loss.disc.state_dict().items()}
+    first(Constant(-0.2), DDPM(prediction="x0"), linear(), real_images(8, 0), torch.Generator().manual_seed(0))
+    assert any(not torch.equal(before[k], v) for k, v in loss.disc.state_dict().items())
+    assert any(k.startswith("disc.optim.") for k in loss.state_tensors())  # the moments of the stage's step
+    single = AdversarialLoss(losses[0], 0.5, SHAPE, 0)
+    assert single.at(1, 10) is single
 
 
 def plain_state(plain, student, objective, schedule, x0) -> torch.Tensor:

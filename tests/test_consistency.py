@@ -200,7 +200,7 @@ def test_halve_walks_trains_a_progressive_student_from_the_consistency_students_
     assert record["teacher"] == str(consistency) and (record["round"], record["rounds"]) == (2, 2)
     assert record["adversarial"] == 0.5
     assert int(meta["step"]) == 3 and json.loads((consistency_run / "hv" / "steps_2" / "student.json").read_text())
-    teacher = load_checkpoint(consistency)[0]
+    teacher = {k: v for k, v in load_checkpoint(consistency)[0].items() if not k.startswith("disc.")}  # its own
     critic = {k for k in halved if k.startswith("disc.")}  # the round's critic and its Adam moments: a resume's
     assert {k.split(".")[1] for k in critic} == {"weights", "optim"}
     assert sorted(set(halved) - critic) == sorted(teacher)
@@ -247,6 +247,7 @@ def test_a_curriculum_distillation_trains_its_short_walks_first_and_records_them
     proc = cli_in_process("distill", "ckpt=teacher", *DISTILL[:-1], "teacher_steps_start=2", "hydra.run.dir=cur",
                           cwd=consistency_run)
     assert "over its 2 -> 4-step walk, each for an equal share of the run" in proc.stdout, proc.stdout
+    assert "a student of 1, 2, 4 steps, with an adversarial term of weight 2" in proc.stdout  # one critic, both walks
     folder = consistency_run / "cur" / "consistency"
     record = metadata_config(load_checkpoint(folder)[1])["distill"]
     assert (record["teacher_steps_start"], record["walks"], record["timesteps"]) == \
@@ -254,7 +255,28 @@ def test_a_curriculum_distillation_trains_its_short_walks_first_and_records_them
     assert json.loads((consistency_run / "cur" / "distill.json").read_text())["teacher_steps_start"] == 2
     with_, without = load_checkpoint(folder)[0], load_checkpoint(consistency_run / "c" / "consistency")[0]
     assert sorted(with_) == sorted(without) and any(not torch.equal(with_[k], without[k]) for k in with_)
+    assert any(k.startswith("disc.optim.") for k in with_)
     cli_in_process("sample", f"ckpt={folder}", "steps=2", "n=2", "hydra.run.dir=s2", cwd=tmp_path)
+
+
+def test_the_consistency_run_trains_a_critic_beside_its_student_unless_adversarial_is_0(consistency_run):
+    """By default (adversarial: null, consistency's own 2) the consistency run's loss has the critic's term: its record
+    and distill.json say so, and its checkpoint keeps the critic (and its Adam moments) beside the student. With
+    adversarial=0 (and no halving round) the student has no critic, and its weights differ from the default's (same
+    seed, data and steps)."""
+    default = consistency_run / "c" / "consistency"
+    tensors, meta = load_checkpoint(default)
+    assert metadata_config(meta)["distill"]["adversarial"] == 2.0
+    assert json.loads((consistency_run / "c" / "distill.json").read_text())["adversarial"] == 2.0
+    critic = {k for k in tensors if k.startswith("disc.")}
+    assert {k.split(".")[1] for k in critic} == {"weights", "optim"}
+    proc = cli_in_process("distill", "ckpt=teacher", *DISTILL[:-1], "halve_walks=[]", "adversarial=0",
+                          "hydra.run.dir=plain", cwd=consistency_run)
+    assert "adversarial term" not in proc.stdout, proc.stdout
+    plain, meta = load_checkpoint(consistency_run / "plain" / "consistency")
+    assert "adversarial" not in metadata_config(meta)["distill"]
+    assert sorted(plain) == sorted(set(tensors) - critic)
+    assert any(not torch.equal(tensors[k], plain[k]) for k in plain)
 
 
 def test_a_searched_walk_is_chosen_by_fid_recorded_in_the_checkpoint_and_walked_by_sample(consistency_run, eval_cache,

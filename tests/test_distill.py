@@ -179,6 +179,10 @@ def test_a_student_refuses_other_step_counts_and_samplers(distilled, tmp_path, a
     (("ckpt=teacher", "halve_adversarial=-0.1"),
      "halve_adversarial=-0.1 must be a finite weight >= 0 (the halving rounds' adversarial term; 0: none)"),
     (("ckpt=teacher", "halve_adversarial=inf"), "halve_adversarial=inf must be a finite weight >= 0"),
+    (("ckpt=teacher", "adversarial=-1"),
+     "adversarial=-1 must be a finite weight >= 0 (the consistency run's adversarial term; 0: none)"),
+    (("ckpt=teacher", "method=progressive", "adversarial=0.5"),
+     "adversarial=0.5 is a term of the consistency run's loss; method=progressive has none: leave it 0"),
     (("ckpt=d/steps_2",), "is itself a distilled student; distil its teacher"),
     (("ckpt=teacher", "teacher_steps=8", "method=progressive", "resume=d"),
      "resume=d: that distillation was made with teacher_steps=4"),
@@ -197,7 +201,7 @@ def distill_options(*overrides: str):
     from hydra import compose, initialize_config_module
 
     from diffuse.config import options
-    from diffuse.distill import DistillOptions
+    from diffuse.distill_options import DistillOptions
 
     with initialize_config_module(config_module="diffuse.conf", version_base="1.3"):
         return options(DistillOptions, compose(config_name="distill", overrides=list(overrides)), "", strict=False)
@@ -205,7 +209,7 @@ def distill_options(*overrides: str):
 
 def test_each_method_takes_its_own_teacher_walk_unless_one_is_given():
     """teacher_steps / teacher_solver null: consistency walks the teacher 8 Heun steps, progressive halves 16 DDIM
-    steps (each method's measured best, distill.METHODS); a given value is kept, and the walk taken is recorded."""
+    steps (each method's measured best, distill_options.METHODS); a given value is kept, and the walk taken is recorded."""
     def walk(o):
         return o.teacher_steps, o.teacher_solver, o.walks
 
