@@ -14,7 +14,7 @@ install:  ## a virtual environment in .venv with diffuse (editable) and the test
 	$(PY) -m pip install -q -e ".[dev]"
 
 test:  ## the whole suite, CPU only
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 test-fast:  ## skip the slow tests
 	$(PY) -m pytest -q -m "not slow"
