@@ -73,8 +73,9 @@ class DistillOptions:
                 raise DiffuseError(f"teacher_steps_start={start} must be teacher_steps={self.teacher_steps} divided by "
                                    f"a power of 2 (the walk doubles up to it), or null (no curriculum)")
         self.checked_search()
-        if weight(self.adversarial, "adversarial", "the consistency run's adversarial term") and self.method != \
-                "consistency":
+        object.__setattr__(self, "adversarial", weight(self.adversarial, "adversarial",
+                                                       "the consistency run's adversarial term"))
+        if self.adversarial and self.method != "consistency":
             raise DiffuseError(f"adversarial={self.adversarial:g} is a term of the consistency run's loss; method="
                                f"{self.method} has none: leave it 0 (or give method=consistency)")
         object.__setattr__(self, "halve_walks", halve_counts(self))  # auto resolved: distill.json records the rounds
@@ -101,4 +102,3 @@ class DistillOptions:
         twice that, ... teacher_steps (iCT's growing discretisation); [teacher_steps] without a curriculum."""
         n = self.teacher_steps_start or self.teacher_steps
         return [n << j for j in range((self.teacher_steps // n).bit_length())]
-

@@ -207,9 +207,10 @@ def distill_options(*overrides: str):
         return options(DistillOptions, compose(config_name="distill", overrides=list(overrides)), "", strict=False)
 
 
-def test_each_method_takes_its_own_teacher_walk_unless_one_is_given():
-    """teacher_steps / teacher_solver null: consistency walks the teacher 8 Heun steps, progressive halves 16 DDIM
-    steps (each method's measured best, distill_options.METHODS); a given value is kept, and the walk taken is recorded."""
+def test_each_method_takes_its_own_teacher_walk_and_critic_unless_one_is_given():
+    """teacher_steps / teacher_solver / adversarial null: consistency walks the teacher 8 Heun steps with a critic of
+    weight 2, progressive halves 16 DDIM steps without one (each method's measured best, distill_options.METHODS); a
+    given value is kept (a weight as a float), and the walk and weight taken are recorded."""
     def walk(o):
         return o.teacher_steps, o.teacher_solver, o.walks
 
@@ -218,6 +219,9 @@ def test_each_method_takes_its_own_teacher_walk_unless_one_is_given():
     assert walk(distill_options("teacher_steps=16", "teacher_solver=ddim")) == (16, "ddim", [1, 2, 4, 8, 16])
     assert walk(distill_options("method=progressive", "teacher_solver=heun", "teacher_steps=4")) == (4, "heun", [1, 2])
     assert asdict(distill_options())["teacher_steps"] == 8  # what distill.json records, so a resume compares walks
+    assert [distill_options(*o).adversarial for o in ((), ("method=progressive",), ("adversarial=1",),
+                                                      ("adversarial=0",))] == [2.0, 0.0, 1.0, 0.0]
+    assert asdict(distill_options())["adversarial"] == 2.0
 
 
 def test_search_walks_auto_searches_two_and_four_steps_only_where_a_classifier_can_score_them():
