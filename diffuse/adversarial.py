@@ -55,6 +55,7 @@ class AdversarialLoss:
         self.opt = torch.optim.Adam(self.disc.parameters(), lr=LR, betas=BETAS)  # its state: made at its first step
 
     def to(self, device: torch.device) -> AdversarialLoss:
+        """The critic on the student's device (its builders call this once, not every step)."""
         self.disc.to(device)  # in place: the optimizer's parameters move with it
         return self
 
@@ -72,7 +73,6 @@ class AdversarialLoss:
         """The base loss (its draws, unchanged) + weight * mean(-D(x0_student)), after one discriminator step."""
         loss, x0_student = self.base.terms(network, objective, schedule, x0, generator, labels, drop_prob,
                                            null_label, part)
-        self.to(x0_student.device)
         fake, real = x0_student.clamp(-1, 1), x0[part].float()  # (b,C,H,W) each
         with torch.autocast(x0.device.type, enabled=False):  # the critic in fp32: it is small
             d_loss = torch.relu(1 - self.disc(real)).mean() + torch.relu(1 + self.disc(fake.detach())).mean()

@@ -93,7 +93,8 @@ def test_eval_under_torchrun_scores_the_images_of_one_process(two_ranks, eval_ca
 
 
 def distill_args(two_ranks: Path) -> tuple[str, ...]:
-    """The default distillation (consistency, then the 1-step halving round with its critic) of the two-rank run."""
+    """The default distillation (consistency with its critic, then the 1-step halving round with its own) of the
+    two-rank run."""
     return ("distill", f"ckpt={the_run(two_ranks)}", *DISTILL[:-2], "train.sample_every=0")
 
 
