@@ -27,7 +27,7 @@ from time_to_quality import DIFFUSE, sh  # noqa: E402
 def scored(run_dir: Path, steps: int) -> dict:
     """A run's scores; `nfe` from its record (an eval of samples= files records none: then the walk's steps)."""
     m = json.loads((run_dir / "metrics.json").read_text())
-    wall = run_dir.with_suffix(".json")
+    wall = Path(f"{run_dir}.json")  # the name may hold a dot (a weight): no with_suffix
     return {"nfe": m.get("nfe", steps), "fid": round(m["metrics"]["fid"], 2), "kid_x1e3": round(m["metrics"]["kid"], 2),
             "precision": round(m["metrics"]["precision"], 3), "recall": round(m["metrics"]["recall"], 3),
             "eval_wall_s": json.loads(wall.read_text())["wall_s"] if wall.exists() else None}
@@ -37,7 +37,7 @@ def evaluate(args, name: str, ckpt: Path | str, steps: int, extra: list[str]) ->
     run_dir = args.out / name
     if not (run_dir / "metrics.json").exists():
         sh([*DIFFUSE, "eval", f"ckpt={ckpt}", f"steps={steps}", f"n={args.n}", "batch_size=500",
-            f"precision={args.precision}", f"hydra.run.dir={run_dir}", *extra], run_dir.with_suffix(".log"))
+            f"precision={args.precision}", f"hydra.run.dir={run_dir}", *extra], Path(f"{run_dir}.log"))
     return scored(run_dir, steps)
 
 

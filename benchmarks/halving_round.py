@@ -7,9 +7,10 @@ weight, and the classifier FID of each K/2-step student.
 
 For each RUN and weight W, DIR/<RUN's name>_k<K>_w<W>/ gets a copy of RUN's consistency/ and distill.json (its
 halve_walks, halve_share and halve_adversarial set to [K], SHARE and W), and `diffuse distill ckpt=CKPT
-resume=THAT seed=RUN's seed halve_adversarial=W halve_share=SHARE train.max_minutes=MINUTES` trains the round alone
-(the consistency student and its walk search are done): SHARE x MINUTES minutes. Then `diffuse eval steps=K/2`
-scores its steps_{K/2}/. The weights' order alternates from run to run. Writes DIR/halving_round.{json,md}.
+resume=THAT seed=RUN's adversarial=RUN's halve_walks=[K] halve_adversarial=W halve_share=SHARE
+train.max_minutes=MINUTES` trains the round alone (the consistency student and its walk search are done): SHARE x
+MINUTES minutes. Then `diffuse eval steps=K/2` scores its steps_{K/2}/. The weights' order alternates from run to run.
+Writes DIR/halving_round.{json,md}.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ def round_again(args, run: Path, weight: float) -> dict:
         manifest.update(halve_walks=[args.walk], halve_share=args.share, halve_adversarial=weight)
         (folder / "distill.json").write_text(json.dumps(manifest, indent=2) + "\n")
         sh([*DIFFUSE, "distill", f"ckpt={args.teacher}", f"resume={folder}", f"seed={manifest['seed']}",
-            f"halve_adversarial={weight}", f"halve_share={args.share}", f"train.max_minutes={args.minutes}",
-            f"hydra.run.dir={folder}.run"], folder.with_suffix(".log"))
+            f"adversarial={manifest.get('adversarial', 0.0)}",
+            f"halve_walks=[{args.walk}]", f"halve_adversarial={weight}", f"halve_share={args.share}",
+            f"train.max_minutes={args.minutes}", f"hydra.run.dir={folder}.run"], Path(f"{folder}.log"))
     student = json.loads((folder / f"steps_{half}" / "student.json").read_text())
-    log = folder.with_suffix(".log").read_text()  # the round's output: "done: steps 1..N in S s"
+    log = Path(f"{folder}.log").read_text()  # the round's output: "done: steps 1..N in S s"
     steps = next((line.split("done: steps 1..")[1].split(" ")[0] for line in log.splitlines() if "done: steps" in line),
                  None)
     return {"run": run.name, "walk": args.walk, "weight": weight, "round_s": student["seconds"], "round_steps": steps,
