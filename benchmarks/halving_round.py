@@ -7,10 +7,10 @@ weight, and the classifier FID of each K/2-step student.
 
 For each RUN and weight W, DIR/<RUN's name>_k<K>_w<W>/ gets a copy of RUN's consistency/ and distill.json (its
 halve_walks, halve_share and halve_adversarial set to [K], SHARE and W), and `diffuse distill ckpt=CKPT
-resume=THAT seed=RUN's adversarial=RUN's halve_walks=[K] halve_adversarial=W halve_share=SHARE
-train.max_minutes=MINUTES` trains the round alone (the consistency student and its walk search are done): SHARE x
-MINUTES minutes. Then `diffuse eval steps=K/2` scores its steps_{K/2}/. The weights' order alternates from run to run.
-Writes DIR/halving_round.{json,md}.
+resume=THAT train.max_minutes=MINUTES` with every option that copy of distill.json records (RUN's seed, adversarial
+weight, teacher walk, ...: a resume refuses other settings) trains the round alone (the consistency student and its
+walk search are done): SHARE x MINUTES minutes. Then `diffuse eval steps=K/2` scores its steps_{K/2}/. The weights'
+order alternates from run to run. Writes DIR/halving_round.{json,md}.
 """
 
 from __future__ import annotations
@@ -21,11 +21,25 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill import evaluate  # noqa: E402
 from time_to_quality import DIFFUSE, sh  # noqa: E402
+
+from diffuse.distill import IMPLIED  # noqa: E402
+from diffuse.distill_options import DistillOptions  # noqa: E402
+
+# the settings of distill.json that the command line gives (the rest name the teacher, its hash and walk)
+OPTIONS = {f.name for f in fields(DistillOptions) if f.name != "train"} | {"seed"}
+
+
+def override(value) -> str:
+    """A distill.json value as a Hydra override's value: null, true/false, [2,4], or the value itself."""
+    if isinstance(value, list):
+        return "[" + ",".join(override(v) for v in value) + "]"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def round_again(args, run: Path, weight: float) -> dict:
@@ -33,18 +47,18 @@ def round_again(args, run: Path, weight: float) -> dict:
     scored."""
     half = args.walk // 2
     folder = args.out / f"{run.name}_k{args.walk}_w{weight:g}"
+    log_path = Path(f"{folder}.log")  # the name holds a dot (the weight): no with_suffix
     if not (folder / f"steps_{half}" / "student.json").exists():
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(run / "consistency", folder / "consistency")
         manifest = json.loads((run / "distill.json").read_text())
         manifest.update(halve_walks=[args.walk], halve_share=args.share, halve_adversarial=weight)
         (folder / "distill.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        sh([*DIFFUSE, "distill", f"ckpt={args.teacher}", f"resume={folder}", f"seed={manifest['seed']}",
-            f"adversarial={manifest.get('adversarial', 0.0)}",
-            f"halve_walks=[{args.walk}]", f"halve_adversarial={weight}", f"halve_share={args.share}",
-            f"train.max_minutes={args.minutes}", f"hydra.run.dir={folder}.run"], Path(f"{folder}.log"))
+        own = [f"{k}={override(v)}" for k, v in {**IMPLIED, **manifest}.items() if k in OPTIONS]  # as resume reads
+        sh([*DIFFUSE, "distill", f"ckpt={args.teacher}", f"resume={folder}", *own,
+            f"train.max_minutes={args.minutes}", f"hydra.run.dir={folder}.run"], log_path)
     student = json.loads((folder / f"steps_{half}" / "student.json").read_text())
-    log = Path(f"{folder}.log").read_text()  # the round's output: "done: steps 1..N in S s"
+    log = log_path.read_text()  # the round's output: "done: steps 1..N in S s"
     steps = next((line.split("done: steps 1..")[1].split(" ")[0] for line in log.splitlines() if "done: steps" in line),
                  None)
     return {"run": run.name, "walk": args.walk, "weight": weight, "round_s": student["seconds"], "round_steps": steps,
